@@ -14,8 +14,8 @@ import ipaddress
 import os
 import re
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping
 from urllib.parse import urlsplit
 
 from shared.errors import ConfigError

@@ -1,0 +1,37 @@
+# altinn-mottak developer commands. Everything installs itself on first use.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo test test-fast lint bench bench-quick check-infra ci clean
+
+## demo: run the whole flow locally (Azurite + Altinn simulator + local Functions host)
+demo: $(VENV)/.installed node_modules/.installed
+	$(PY) -m devtools.demo
+
+## test: the full test suite (unit + integration over Azurite and the simulator)
+test: $(VENV)/.installed node_modules/.installed
+	$(PY) -m pytest
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest tests/unit
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+
+check-infra:
+	bash devtools/check_infra.sh
+
+ci: lint test check-infra
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json
+	npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+clean:
+	rm -rf $(VENV) .venv-checkov node_modules .pytest_cache .ruff_cache .demo

@@ -1,0 +1,38 @@
+"""Azure Functions entry points (v2 programming model). Thin: parse, call shared/, map the result.
+
+* ``receive``  POST /api/events (function key): validate an Altinn CloudEvent, queue it, 2xx once queued.
+* ``archive``  queue trigger on ``altinn-events``: archive the instance, then confirm it to Altinn.
+
+All logic is in the ``shared`` package; heavy libraries load on first use, not here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+
+from shared.config import EVENTS_QUEUE
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.function_name("receive")
+@app.route(route="events", methods=["POST"])
+def receive(req: func.HttpRequest) -> func.HttpResponse:
+    from shared.pipeline import receive_event
+
+    reply = receive_event(req.get_body(), req.headers.get("content-type"))
+    return func.HttpResponse(
+        json.dumps(reply.body),
+        status_code=reply.status,
+        headers={"Content-Type": reply.content_type, "Cache-Control": "no-store"},
+    )
+
+
+@app.function_name("archive")
+@app.queue_trigger(arg_name="msg", queue_name=EVENTS_QUEUE, connection="AzureWebJobsStorage")
+def archive(msg: func.QueueMessage) -> None:
+    from shared.pipeline import handle_message
+
+    handle_message(msg.get_body(), dequeue_count=getattr(msg, "dequeue_count", None))

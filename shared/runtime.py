@@ -1,0 +1,142 @@
+"""The process's clients, created once and lazily (cold start stays cheap).
+
+``get_runtime()`` returns the clients for the current settings; when the settings change (tests,
+local tools pointing elsewhere) a new set is built. Azure SDKs, requests, PyJWT and cryptography
+are imported here on first use, never when ``function_app`` is imported.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from shared.config import EVENTS_QUEUE, POISON_QUEUE, Settings, StorageConfig, get_settings
+
+if TYPE_CHECKING:
+    from azure.storage.blob import ContainerClient
+    from azure.storage.queue import QueueClient
+
+    from shared.altinn import AltinnClient
+    from shared.archive import Archive
+    from shared.maskinporten import MaskinportenClient
+
+
+def _credential(storage: StorageConfig) -> Any:
+    from azure.identity import DefaultAzureCredential, ManagedIdentityCredential
+
+    if storage.client_id:
+        return ManagedIdentityCredential(client_id=storage.client_id)
+    return DefaultAzureCredential(exclude_interactive_browser_credential=True)
+
+
+def _transport(pool_size: int) -> Any:
+    """An azure-core transport whose connection pool fits our concurrency."""
+    import requests
+    from azure.core.pipeline.transport import RequestsTransport
+    from requests.adapters import HTTPAdapter
+
+    session = requests.Session()
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=pool_size)
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=True, connection_timeout=10, read_timeout=120)
+
+
+class cached_property:  # noqa: N801 - a thread-safe functools.cached_property
+    """Computed once per instance under the instance's lock, so two threads never build two clients."""
+
+    def __init__(self, func: Any) -> None:
+        self.func = func
+        self.name = func.__name__
+        self.__doc__ = func.__doc__
+
+    def __get__(self, obj: Any, cls: Any = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            pass
+        with obj._lock:
+            if self.name not in obj.__dict__:
+                obj.__dict__[self.name] = self.func(obj)
+            return obj.__dict__[self.name]
+
+
+class Runtime:
+    """Clients bound to one Settings object."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._lock = threading.RLock()
+
+    @cached_property
+    def http(self) -> Any:
+        from shared.altinn import new_session
+
+        return new_session(pool_size=max(32, self.settings.parallel_downloads * 4))
+
+    @cached_property
+    def maskinporten(self) -> MaskinportenClient:
+        from shared.maskinporten import MaskinportenClient
+
+        return MaskinportenClient(self.settings, self.http)
+
+    @cached_property
+    def altinn(self) -> AltinnClient:
+        from shared.altinn import AltinnClient
+
+        return AltinnClient(self.settings, self.http, self.maskinporten)
+
+    @cached_property
+    def container(self) -> ContainerClient:
+        from azure.storage.blob import BlobServiceClient
+
+        storage = self.settings.storage
+        pool = max(32, self.settings.parallel_downloads * 8)
+        if storage.connection_string:
+            service = BlobServiceClient.from_connection_string(storage.connection_string, transport=_transport(pool))
+        else:
+            service = BlobServiceClient(storage.blob_url, credential=_credential(storage), transport=_transport(pool))
+        return service.get_container_client(self.settings.archive_container)
+
+    def queue(self, name: str) -> QueueClient:
+        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+
+        storage = self.settings.storage
+        # The Functions host reads base64 messages by default (host.json messageEncoding).
+        policies = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
+        if storage.connection_string:
+            return QueueClient.from_connection_string(storage.connection_string, name, **policies)
+        return QueueClient(storage.queue_url, name, credential=_credential(storage), **policies)
+
+    @cached_property
+    def events_queue(self) -> QueueClient:
+        return self.queue(EVENTS_QUEUE)
+
+    @cached_property
+    def poison_queue(self) -> QueueClient:
+        return self.queue(POISON_QUEUE)
+
+    @cached_property
+    def archive(self) -> Archive:
+        from shared.archive import Archive
+
+        return Archive(self.container, block_size=self.settings.block_size)
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """Clients for the current settings (ConfigError when a setting is wrong)."""
+    global _runtime
+    settings = get_settings()
+    runtime = _runtime
+    if runtime is not None and runtime.settings is settings:
+        return runtime
+    with _lock:
+        if _runtime is None or _runtime.settings is not settings:
+            _runtime = Runtime(settings)
+        return _runtime
