@@ -1,0 +1,1 @@
+"""Local development tools: the Altinn + Maskinporten simulator and helpers for tests."""
