@@ -1,0 +1,199 @@
+// Role assignments: least privilege, each with its purpose. Built-in role definition ids:
+// https://learn.microsoft.com/azure/role-based-access-control/built-in-roles
+
+param storageAccountName string
+param eventsQueueName string
+param poisonQueueName string
+param archiveContainerName string
+param keyVaultName string
+param applicationInsightsName string
+
+@description('Principal id of the function app\'s user-assigned identity.')
+param appPrincipalId string
+
+@description('Optional: an operator (user or group) that runs the operations CLI and sets the Maskinporten key. Empty: no operator roles.')
+param operatorPrincipalId string = ''
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param operatorPrincipalType string = 'User'
+
+var roles = {
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
+  monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
+}
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' existing = {
+  name: storageAccountName
+}
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+resource archiveContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' existing = {
+  parent: blobService
+  name: archiveContainerName
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' existing = {
+  parent: storage
+  name: 'default'
+}
+
+resource eventsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: queueService
+  name: eventsQueueName
+}
+
+resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: queueService
+  name: poisonQueueName
+}
+
+resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
+  name: keyVaultName
+}
+
+resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing = {
+  name: applicationInsightsName
+}
+
+// ---- The function app's identity ---------------------------------------------------------------
+
+// Storage Blob Data Owner on the storage account. Purpose: (1) AzureWebJobsStorage: the Functions
+// host creates and uses its own containers (azure-webjobs-hosts for leases and timer schedules,
+// azure-webjobs-secrets for function keys) and Microsoft documents Blob Data Owner as the role
+// for an identity-based host storage connection; (2) Flex Consumption reads the deployment
+// package from its container with this identity; (3) the archive function writes the
+// altinn-data blobs. Account scope is needed because the host creates containers at run time.
+// The account holds nothing but this app's data. What Owner adds over Contributor (ACLs on
+// hierarchical namespaces, which are off here, and permanent deletion of blob versions) is
+// bounded by blob soft delete on the account.
+resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, appPrincipalId, roles.storageBlobDataOwner)
+  scope: storage
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    description: 'Functions host storage (AzureWebJobsStorage), Flex deployment package, archive writes'
+  }
+}
+
+// Storage Queue Data Contributor on the events queue only. Purpose: the HTTP function enqueues
+// events (add); the queue trigger reads, hides (update visibility on retry) and deletes them,
+// and reads the queue length for scaling. Message Sender/Processor are not enough: the host
+// updates messages on retry, which only Contributor allows.
+resource appEventsQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(eventsQueue.id, appPrincipalId, roles.storageQueueDataContributor)
+  scope: eventsQueue
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    description: 'Enqueue Altinn events (HTTP, catch-up) and consume them (queue trigger)'
+  }
+}
+
+// Storage Queue Data Contributor on the poison queue only. Purpose: after maxDequeueCount the
+// host moves the message here (create-if-not-exists + add); operators replay from it.
+resource appPoisonQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(poisonQueue.id, appPrincipalId, roles.storageQueueDataContributor)
+  scope: poisonQueue
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    description: 'Functions host moves failed messages to the poison queue'
+  }
+}
+
+// Key Vault Secrets User on the vault. Purpose: resolve the MASKINPORTEN_PRIVATE_KEY Key Vault
+// reference (read secret values only: no list of keys, no writes). The vault holds only this
+// app's secrets.
+resource appKeyVaultSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(vault.id, appPrincipalId, roles.keyVaultSecretsUser)
+  scope: vault
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    description: 'Resolve the Maskinporten private key Key Vault reference'
+  }
+}
+
+// Monitoring Metrics Publisher on Application Insights. Purpose: send telemetry with a Microsoft
+// Entra token (APPLICATIONINSIGHTS_AUTHENTICATION_STRING), required because local auth is off.
+resource appMetricsPublisher 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(applicationInsights.id, appPrincipalId, roles.monitoringMetricsPublisher)
+  scope: applicationInsights
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.monitoringMetricsPublisher)
+    description: 'Entra ID authenticated telemetry ingestion'
+  }
+}
+
+// ---- Optional operator (the deploying user under azd, or a group in production) ----------------
+
+// Key Vault Secrets Officer on the vault. Purpose: put and rotate the Maskinporten private key
+// (the template never needs to see it).
+resource operatorSecretsOfficer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(vault.id, operatorPrincipalId, roles.keyVaultSecretsOfficer)
+  scope: vault
+  properties: {
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsOfficer)
+    description: 'Operator sets and rotates the Maskinporten private key'
+  }
+}
+
+// Storage Blob Data Contributor on the archive container only. Purpose: the operations CLI
+// (archive one instance, catch up now) and checking archived instances.
+resource operatorArchiveContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(archiveContainer.id, operatorPrincipalId, roles.storageBlobDataContributor)
+  scope: archiveContainer
+  properties: {
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    description: 'Operator archives single instances and inspects the archive'
+  }
+}
+
+// Storage Queue Data Contributor on the two queues only. Purpose: the operations CLI replays
+// poison messages (read + delete from the poison queue, add to the events queue).
+resource operatorEventsQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(eventsQueue.id, operatorPrincipalId, roles.storageQueueDataContributor)
+  scope: eventsQueue
+  properties: {
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    description: 'Operator replays poison messages and queues catch-up work'
+  }
+}
+
+// Storage Queue Data Contributor on the poison queue only. Purpose: see the events queue above
+// (replay reads and deletes here).
+resource operatorPoisonQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(operatorPrincipalId)) {
+  name: guid(poisonQueue.id, operatorPrincipalId, roles.storageQueueDataContributor)
+  scope: poisonQueue
+  properties: {
+    principalId: operatorPrincipalId
+    principalType: operatorPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    description: 'Operator inspects and replays poison messages'
+  }
+}
