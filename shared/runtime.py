@@ -42,6 +42,11 @@ def _transport(pool_size: int) -> Any:
     return RequestsTransport(session=session, session_owner=True, connection_timeout=10, read_timeout=120)
 
 
+def _retry(total: int, policy: Any) -> Any:
+    """Storage retries in seconds, not the SDK's default of 15 s, 45 s, ... (the queue retries later)."""
+    return policy(initial_backoff=0.5, increment_base=2, retry_total=total, random_jitter_range=0.2)
+
+
 class cached_property:  # noqa: N801 - a thread-safe functools.cached_property
     """Computed once per instance under the instance's lock, so two threads never build two clients."""
 
@@ -90,22 +95,30 @@ class Runtime:
 
     @cached_property
     def container(self) -> ContainerClient:
-        from azure.storage.blob import BlobServiceClient
+        from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         storage = self.settings.storage
         pool = max(32, self.settings.parallel_downloads * 8)
+        options = {"transport": _transport(pool), "retry_policy": _retry(3, ExponentialRetry)}
         if storage.connection_string:
-            service = BlobServiceClient.from_connection_string(storage.connection_string, transport=_transport(pool))
+            service = BlobServiceClient.from_connection_string(storage.connection_string, **options)
         else:
-            service = BlobServiceClient(storage.blob_url, credential=_credential(storage), transport=_transport(pool))
+            service = BlobServiceClient(storage.blob_url, credential=_credential(storage), **options)
         return service.get_container_client(self.settings.archive_container)
 
     def queue(self, name: str) -> QueueClient:
-        from azure.storage.queue import QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
+        from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy
 
         storage = self.settings.storage
         # The Functions host reads base64 messages by default (host.json messageEncoding).
-        policies = {"message_encode_policy": TextBase64EncodePolicy(), "message_decode_policy": TextBase64DecodePolicy()}
+        policies = {
+            "message_encode_policy": TextBase64EncodePolicy(),
+            "message_decode_policy": TextBase64DecodePolicy(),
+            # The webhook must answer within Altinn's timeout: fail fast, Altinn retries anyway.
+            "retry_policy": _retry(2, ExponentialRetry),
+            "connection_timeout": 5,
+            "read_timeout": 15,
+        }
         if storage.connection_string:
             return QueueClient.from_connection_string(storage.connection_string, name, **policies)
         return QueueClient(storage.queue_url, name, credential=_credential(storage), **policies)

@@ -1,0 +1,141 @@
+"""Shared fixtures: a real Azurite, the Altinn/Maskinporten simulator over real sockets, keys made
+at test time, and the function app run by the local host runner.
+
+Nothing here mocks storage or HTTP: every call crosses a socket to a real server.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENT_ID = "test-client"
+KID = "test-kid"
+
+
+@pytest.fixture(scope="session")
+def rsa_key() -> dict[str, Any]:
+    """An RSA key pair and a self-signed certificate, generated for this run only."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "altinn-mottak test"), x509.NameAttribute(NameOID.ORGANIZATION_IDENTIFIER, "NTRNO-991825827")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    return {
+        "private_pem": key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode(),
+        "public_pem": key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode(),
+        "cert_pem": cert.public_bytes(serialization.Encoding.PEM).decode(),
+    }
+
+
+@pytest.fixture(scope="session")
+def azurite() -> Iterator[Any]:
+    from devtools.azurite import Azurite
+
+    with Azurite() as server:
+        yield server
+
+
+@pytest.fixture
+def sim(rsa_key: dict[str, Any]) -> Iterator[Any]:
+    from devtools.simulator import Simulator
+
+    with Simulator() as server:
+        server.register_client(CLIENT_ID, public_key_pem=rsa_key["public_pem"], kid=KID, org="ttd")
+        yield server
+
+
+@pytest.fixture
+def host_json(tmp_path: Path) -> Path:
+    """host.json as shipped, but with no wait between retries so redelivery tests run fast."""
+    doc = json.loads((ROOT / "host.json").read_text())
+    doc["extensions"]["queues"]["visibilityTimeout"] = "00:00:00"
+    path = tmp_path / "host.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _clear_queues(connection_string: str) -> None:
+    from azure.core.exceptions import ResourceNotFoundError
+    from azure.storage.queue import QueueClient
+
+    from shared.config import EVENTS_QUEUE, POISON_QUEUE
+
+    for name in (EVENTS_QUEUE, POISON_QUEUE):
+        try:
+            QueueClient.from_connection_string(connection_string, name).clear_messages()
+        except ResourceNotFoundError:
+            pass
+
+
+@pytest.fixture
+def env(monkeypatch: pytest.MonkeyPatch, azurite: Any, sim: Any, rsa_key: dict[str, Any]) -> dict[str, str]:
+    """Settings pointing the app at the simulator and Azurite; a fresh archive container per test."""
+    values = {
+        "ALTINN_ENVIRONMENT": "tt02",
+        "ALTINN_APPS": "ttd/apps-test,ttd/big-app",
+        "ALTINN_EVENT_TYPES": "app.instance.process.completed",
+        "ALTINN_PLATFORM_URL": sim.url,
+        "ALTINN_APPS_URL": sim.url,
+        "MASKINPORTEN_URL": sim.maskinporten_issuer,
+        "MASKINPORTEN_CLIENT_ID": CLIENT_ID,
+        "MASKINPORTEN_PRIVATE_KEY": rsa_key["private_pem"],
+        "MASKINPORTEN_KID": KID,
+        "ARCHIVE_CONTAINER": f"archive-{uuid.uuid4().hex[:12]}",
+        "AzureWebJobsStorage": azurite.connection_string,
+    }
+    monkeypatch.delenv("MASKINPORTEN_CERTIFICATE", raising=False)
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    _clear_queues(azurite.connection_string)
+    return values
+
+
+@pytest.fixture
+def container(env: dict[str, str], azurite: Any) -> Any:
+    from azure.storage.blob import ContainerClient
+
+    return ContainerClient.from_connection_string(azurite.connection_string, env["ARCHIVE_CONTAINER"])
+
+
+@pytest.fixture
+def queues(env: dict[str, str], azurite: Any) -> Any:
+    """(events queue, poison queue) clients that decode base64 like the Functions host."""
+    from azure.storage.queue import QueueClient, TextBase64DecodePolicy
+
+    from shared.config import EVENTS_QUEUE, POISON_QUEUE
+
+    def client(name: str) -> Any:
+        return QueueClient.from_connection_string(azurite.connection_string, name, message_decode_policy=TextBase64DecodePolicy())
+
+    return client(EVENTS_QUEUE), client(POISON_QUEUE)
+
+
+@pytest.fixture
+def host(env: dict[str, str], azurite: Any, host_json: Path) -> Iterator[Any]:
+    """The real function_app.app served by the local host runner against Azurite."""
+    import function_app
+    from devtools.localhost import LocalHost
+
+    with LocalHost(function_app.app, connection_string=azurite.connection_string, host_json=host_json) as runner:
+        yield runner

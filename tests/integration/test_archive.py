@@ -1,0 +1,257 @@
+"""The archive function end to end: webhook -> queue -> archive -> manifest -> /complete, over
+real sockets to the simulator and real Azurite, run by the local host with the host's retry and
+poison semantics."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from urllib.parse import unquote
+
+import pytest
+import requests
+
+from devtools.simulator import ElementSpec
+
+
+def deliver(host, sim, inst, *, wait=True):
+    resp = requests.post(host.function_url("receive"), json=sim.cloud_event(inst), timeout=30)
+    assert resp.status_code == 202, resp.text
+    if wait:
+        assert host.wait_idle(timeout=60)
+    return resp
+
+
+def manifest_of(container, inst):
+    blob = container.get_blob_client(f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/manifest.json")
+    return json.loads(blob.download_blob().readall()), blob.get_blob_properties()
+
+
+def blob_exists(container, name):
+    return container.get_blob_client(name).exists()
+
+
+def poison(queues):
+    return [json.loads(m.content) for m in queues[1].peek_messages(max_messages=32)]
+
+
+@pytest.fixture
+def manifest_guard(sim, container):
+    """The simulator checks, at the moment /complete arrives, that the manifest is already stored."""
+
+    def check(inst):
+        name = f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/manifest.json"
+        if not container.get_blob_client(name).exists():
+            raise AssertionError(f"/complete for {inst.id} before its manifest was written")
+
+    sim.on_complete = check
+    return sim
+
+
+FORM = ElementSpec(data_type="model", content_type="application/xml", size=5000)
+
+
+def test_full_flow_form_and_attachments(host, sim, container, queues, manifest_guard):
+    inst = sim.add_instance(
+        "ttd",
+        "apps-test",
+        [
+            FORM,
+            ElementSpec(data_type="vedlegg", content_type="application/pdf", size=3 * 1024 * 1024 + 17, filename="søknad ærlig åpen.pdf"),
+            ElementSpec(data_type="vedlegg", content_type="image/png", size=0, filename="empty.png"),
+            ElementSpec(data_type="vedlegg", content_type="text/plain", size=9 * 1024 * 1024 + 5, filename="plain.txt"),
+        ],
+    )
+    deliver(host, sim, inst)
+
+    manifest, props = manifest_of(container, inst)
+    assert props.metadata.get("confirmed")
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+    assert sim.complete_violations == []
+    assert manifest["org"] == "ttd" and manifest["app"] == "apps-test"
+    assert manifest["partyId"] == inst.party_id and manifest["instanceGuid"] == inst.instance_guid
+    assert manifest["eventId"] and manifest["archivedAt"]
+    assert len(manifest["dataElements"]) == 4
+    prefix = f"ttd/apps-test/{inst.party_id}/{inst.instance_guid}/"
+    for element, entry in zip(inst.elements, manifest["dataElements"], strict=True):
+        assert entry["dataElementId"] == element["id"]
+        assert entry["dataType"] == element["dataType"]
+        assert entry["contentType"] == element["contentType"]
+        assert entry["filename"] == element.get("filename")
+        assert entry["size"] == element["size"]
+        assert entry["blob"] == f"{prefix}data/{element['id']}"
+        assert entry["sha256"] == sim.expected_sha256(element["id"])
+        blob = container.get_blob_client(entry["blob"])
+        data = blob.download_blob().readall()
+        assert len(data) == element["size"]
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"]
+        bprops = blob.get_blob_properties()
+        assert bprops.content_settings.content_type == element["contentType"]
+        assert bprops.metadata["sha256"] == entry["sha256"]
+        assert bprops.metadata["datatype"] == element["dataType"]
+        if element.get("filename"):
+            disposition = bprops.content_settings.content_disposition
+            assert "filename*=UTF-8''" in disposition
+            assert unquote(disposition.split("filename*=UTF-8''", 1)[1]) == element["filename"]
+    instance_doc = json.loads(container.get_blob_client(prefix + "instance.json").download_blob().readall())
+    assert instance_doc["id"] == inst.id
+    assert poison(queues) == []
+
+
+def test_grant_with_kid_is_verified_by_the_simulator(host, sim, container):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    deliver(host, sim, inst)
+    assert sim.grants == 1 and sim.exchanges == 1
+    assert sim.rejected_grants == []
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+
+
+def test_grant_with_x5c_certificate(host, sim, container, rsa_key, monkeypatch):
+    sim.register_client("cert-client", certificate_pem=rsa_key["cert_pem"], org="ttd")
+    monkeypatch.setenv("MASKINPORTEN_CLIENT_ID", "cert-client")
+    monkeypatch.delenv("MASKINPORTEN_KID")
+    monkeypatch.setenv("MASKINPORTEN_CERTIFICATE", rsa_key["cert_pem"])
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    deliver(host, sim, inst)
+    assert sim.grants == 1 and sim.rejected_grants == []
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+
+
+def test_wrong_key_is_rejected_and_nothing_is_confirmed(host, sim, container, queues, monkeypatch):
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    other = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = other.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    monkeypatch.setenv("MASKINPORTEN_PRIVATE_KEY", pem)
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    deliver(host, sim, inst)
+    assert sim.grants == 0 and len(sim.rejected_grants) >= 1
+    assert sim.confirmations == []
+    # Retried up to maxDequeueCount, then parked: nothing lost.
+    assert [p["instance"]["instanceGuid"] for p in poison(queues)] == [inst.instance_guid]
+
+
+def test_one_grant_and_one_exchange_for_50_instances(host, sim, container, queues):
+    instances = [sim.add_instance("ttd", "apps-test", [FORM, ElementSpec(data_type="vedlegg", size=2000, filename="a.txt")]) for _ in range(50)]
+    for inst in instances:
+        deliver(host, sim, inst, wait=False)
+    assert host.wait_idle(timeout=120)
+    assert sorted(c[0] for c in sim.confirmations) == sorted(i.id for i in instances)
+    assert sim.grants == 1
+    assert sim.exchanges == 1
+
+
+def test_expired_altinn_token_is_refreshed_once(host, sim, container):
+    first = sim.add_instance("ttd", "apps-test", [FORM])
+    deliver(host, sim, first)
+    sim.expire_altinn_tokens()
+    second = sim.add_instance("ttd", "apps-test", [FORM])
+    deliver(host, sim, second)
+    assert [c[0] for c in sim.confirmations] == [first.id, second.id]
+    assert sim.exchanges == 2
+    assert sim.grants == 1  # the Maskinporten token was still good
+
+
+def test_duplicate_event_downloads_nothing_again(host, sim, container):
+    inst = sim.add_instance("ttd", "apps-test", [FORM, ElementSpec(data_type="vedlegg", size=100_000, filename="x.bin")])
+    deliver(host, sim, inst)
+    calls = dict(sim.calls)
+    deliver(host, sim, inst)
+    assert sim.calls["data"] == calls["data"]
+    assert sim.calls["instance"] == calls["instance"]
+    assert sim.calls["complete"] == calls["complete"]
+
+
+def test_archived_but_not_confirmed_is_only_confirmed(host, sim, container, queues, manifest_guard):
+    inst = sim.add_instance("ttd", "apps-test", [FORM, ElementSpec(data_type="vedlegg", size=50_000, filename="x.bin")])
+    sim.add_fault("complete", status=503, times=100)
+    deliver(host, sim, inst)
+    # Every attempt failed at /complete: the archive is whole but not confirmed, and parked.
+    manifest, props = manifest_of(container, inst)
+    assert not props.metadata.get("confirmed")
+    assert sim.confirmations == []
+    assert len(poison(queues)) == 1
+    sim.clear_faults()
+    data_calls, instance_calls = sim.calls["data"], sim.calls["instance"]
+    deliver(host, sim, inst)
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+    assert sim.calls["data"] == data_calls and sim.calls["instance"] == instance_calls
+    assert manifest_of(container, inst)[1].metadata.get("confirmed")
+
+
+def test_truncated_download_is_retried_and_never_confirmed_early(host, sim, container, queues, manifest_guard):
+    big = ElementSpec(data_type="vedlegg", size=6 * 1024 * 1024, filename="big.bin")
+    inst = sim.add_instance("ttd", "apps-test", [FORM, big])
+    sim.add_fault("data", truncate_at=1024 * 1024, times=1, match=inst.elements[1]["id"])
+    deliver(host, sim, inst)
+    stats = host.stats
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+    assert sim.complete_violations == []
+    manifest, _ = manifest_of(container, inst)
+    assert manifest["dataElements"][1]["sha256"] == sim.expected_sha256(inst.elements[1]["id"])
+    assert poison(queues) == []
+    assert stats["archive"]["failures"] >= 1  # the first delivery failed and the queue redelivered
+
+
+def test_missing_instance_is_permanent_and_parked_at_once(host, sim, container, queues):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    sim.remove_instance(inst)
+    deliver(host, sim, inst)
+    parked = poison(queues)
+    assert len(parked) == 1
+    assert parked[0]["failure"]["status"] == 404 and parked[0]["failure"]["permanent"] is True
+    assert "not found" in parked[0]["failure"]["reason"]
+    assert host.stats["archive"]["invocations"] == 1  # not retried five times for nothing
+    assert sim.confirmations == []
+
+
+def test_access_denied_is_permanent(host, sim, container, queues):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    sim.add_fault("instance", status=403, times=10)
+    deliver(host, sim, inst)
+    parked = poison(queues)
+    assert len(parked) == 1 and parked[0]["failure"]["status"] == 403
+    assert host.stats["archive"]["invocations"] == 1
+
+
+def test_pending_scan_is_retried_until_clean(host, sim, container, queues):
+    inst = sim.add_instance("ttd", "apps-test", [FORM, ElementSpec(data_type="vedlegg", size=1000, filename="scan.pdf", file_scan_result="Pending")])
+    deliver(host, sim, inst, wait=False)
+    # Let it fail at least once while pending.
+    import time
+
+    deadline = time.time() + 20
+    while host.stats["archive"]["failures"] < 1 and time.time() < deadline:
+        time.sleep(0.05)
+    assert host.stats["archive"]["failures"] >= 1
+    assert sim.calls["data"] == 0  # nothing is downloaded while a scan is pending
+    sim.set_scan_result(inst, inst.elements[1]["id"], "Clean")
+    assert host.wait_idle(timeout=60)
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+
+
+def test_infected_file_is_archived_and_flagged(host, sim, container, caplog):
+    inst = sim.add_instance("ttd", "apps-test", [FORM, ElementSpec(data_type="vedlegg", size=1000, filename="virus.exe", file_scan_result="Infected")])
+    with caplog.at_level(logging.WARNING):
+        deliver(host, sim, inst)
+    manifest, _ = manifest_of(container, inst)
+    flagged = manifest["dataElements"][1]
+    assert flagged["infected"] is True and flagged["fileScanResult"] == "Infected"
+    assert manifest["infected"] == [flagged["dataElementId"]]
+    assert manifest["dataElements"][0]["infected"] is False
+    meta = container.get_blob_client(flagged["blob"]).get_blob_properties().metadata
+    assert meta["infected"] == "true"
+    assert any("infected" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+
+
+def test_size_mismatch_is_transient(host, sim, container, queues):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    inst.elements[0]["size"] = 4999  # the instance claims a size the download does not have
+    deliver(host, sim, inst)
+    assert sim.confirmations == []
+    assert host.stats["archive"]["failures"] == 5
+    assert len(poison(queues)) == 1
+    assert not blob_exists(container, f"ttd/apps-test/{inst.party_id}/{inst.instance_guid}/manifest.json")
