@@ -14,7 +14,20 @@ import azure.functions as func
 
 from shared.config import EVENTS_QUEUE
 
-app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+class _FunctionApp(func.FunctionApp):
+    """``func.FunctionApp`` whose ``get_functions()`` may be called more than once.
+
+    azure-functions 1.x remembers the names it indexed and raises on a second call; the host calls
+    it once, but tests and tools that inspect the app call it again.
+    """
+
+    def get_functions(self) -> list[func.Function]:
+        self.functions_bindings = None
+        return super().get_functions()
+
+
+app = _FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 
 
 @app.function_name("receive")

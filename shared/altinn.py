@@ -29,7 +29,8 @@ log = logging.getLogger(__name__)
 TIMEOUT = (5, 60)  # connect, read (between bytes)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 10.0  # longer waits are left to the queue
-_DATA_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# Altinn's ids are GUIDs; accept any single safe path segment, never "/", ".", "%" or "?".
+_DATA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
 
 
 
@@ -166,7 +167,7 @@ class AltinnClient:
     def open_data(self, ref: InstanceRef, element_id: str) -> requests.Response:
         """A streaming response for one data element; the caller closes it."""
         if not _DATA_ID.fullmatch(element_id):
-            raise PermanentError("data element id is not a GUID")
+            raise PermanentError("data element id is not a plain identifier")
         return self._send("GET", f"{self.instance_url(ref)}/data/{element_id}", "download data element", stream=True)
 
     def complete(self, ref: InstanceRef) -> None:

@@ -267,10 +267,10 @@ class Archive:
             return reader.sha.hexdigest()
 
         def metadata(sha: str) -> dict[str, str]:
-            meta = {"dataelementid": element_id, "datatype": _meta(element.get("dataType") or ""), "sha256": sha}
+            meta = {"dataElementId": element_id, "dataType": _meta(element.get("dataType") or ""), "sha256": sha}
             scan = element.get("fileScanResult")
             if scan:
-                meta["filescanresult"] = _meta(scan)
+                meta["fileScanResult"] = _meta(scan)
             if scan == "Infected":
                 meta["infected"] = "true"
             return meta

@@ -147,7 +147,7 @@ def _origin(url: str) -> str:
 
 
 def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+    if host == "localhost" or host.endswith(".localhost"):  # RFC 6761: always loopback
         return True
     try:
         return ipaddress.ip_address(host).is_loopback

@@ -114,7 +114,8 @@ def build_grant(settings: Settings, signing_key: SigningKey, *, now: float | Non
 class TokenCache:
     """One token, fetched by ``fetch`` when missing or about to expire; safe across threads.
 
-    ``fetch`` returns ``(token, expires_at_epoch)``. Concurrent callers wait for one fetch.
+    ``fetch`` returns ``(token, expires_at_epoch)``. Concurrent callers wait for one fetch. A token
+    is replaced ``margin`` seconds before it expires, or after 90 % of its lifetime if that is shorter.
     """
 
     def __init__(self, fetch: Callable[[], tuple[str, float]], *, margin: float = REFRESH_MARGIN) -> None:
@@ -122,24 +123,28 @@ class TokenCache:
         self._margin = margin
         self._lock = threading.Lock()
         self._token: str | None = None
-        self._expires_at = 0.0
+        self._refresh_at = 0.0
+        self.fetches = 0
 
     def get(self) -> str:
-        token, expires_at = self._token, self._expires_at
-        if token is not None and time.time() < expires_at - self._margin:
+        token, refresh_at = self._token, self._refresh_at
+        if token is not None and time.time() < refresh_at:
             return token
         with self._lock:
-            if self._token is not None and time.time() < self._expires_at - self._margin:
+            if self._token is not None and time.time() < self._refresh_at:
                 return self._token
+            now = time.time()
             token, expires_at = self._fetch()
-            self._token, self._expires_at = token, expires_at
+            lifetime = max(0.0, expires_at - now)
+            self._token, self._refresh_at = token, expires_at - min(self._margin, lifetime * 0.1)
+            self.fetches += 1
             return token
 
     def invalidate(self, token: str | None = None) -> None:
         """Forget the cached token (only if it is still ``token``, when given)."""
         with self._lock:
             if token is None or self._token == token:
-                self._token, self._expires_at = None, 0.0
+                self._token, self._refresh_at = None, 0.0
 
 
 class MaskinportenClient:

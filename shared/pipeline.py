@@ -61,7 +61,7 @@ def _check_instance(ref: InstanceRef, instance: dict[str, Any]) -> list[dict[str
     if status.get("isHardDeleted"):
         raise PermanentError("the instance is hard deleted in Altinn")
     process = instance.get("process") or {}
-    if not process.get("ended"):
+    if isinstance(process, dict) and process.get("currentTask") and not process.get("ended"):
         raise PermanentError("the instance's process has not ended; it cannot be confirmed")
     data = instance.get("data") or []
     if not isinstance(data, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in data):

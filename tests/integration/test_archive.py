@@ -89,7 +89,8 @@ def test_full_flow_form_and_attachments(host, sim, container, queues, manifest_g
         bprops = blob.get_blob_properties()
         assert bprops.content_settings.content_type == element["contentType"]
         assert bprops.metadata["sha256"] == entry["sha256"]
-        assert bprops.metadata["datatype"] == element["dataType"]
+        assert bprops.metadata["dataType"] == element["dataType"]
+        assert bprops.metadata["dataElementId"] == element["id"]
         if element.get("filename"):
             disposition = bprops.content_settings.content_disposition
             assert "filename*=UTF-8''" in disposition
@@ -255,3 +256,23 @@ def test_size_mismatch_is_transient(host, sim, container, queues):
     assert host.stats["archive"]["failures"] == 5
     assert len(poison(queues)) == 1
     assert not blob_exists(container, f"ttd/apps-test/{inst.party_id}/{inst.instance_guid}/manifest.json")
+
+
+def test_process_not_ended_is_permanent_and_nothing_is_archived(host, sim, container, queues):
+    inst = sim.add_instance("ttd", "apps-test", [FORM], process_ended=False)
+    deliver(host, sim, inst)
+    parked = poison(queues)
+    assert len(parked) == 1 and "not ended" in parked[0]["failure"]["reason"]
+    assert sim.confirmations == [] and sim.calls["data"] == 0
+    assert not blob_exists(container, f"ttd/apps-test/{inst.party_id}/{inst.instance_guid}/manifest.json")
+
+
+def test_event_for_an_app_removed_from_the_allow_list_is_parked(host, sim, container, queues, monkeypatch):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    resp = requests.post(host.function_url("receive"), json=sim.cloud_event(inst), timeout=30)
+    assert resp.status_code == 202
+    monkeypatch.setenv("ALTINN_APPS", "ttd/big-app")  # the app was dropped between queueing and archiving
+    assert host.wait_idle(timeout=60)
+    parked = poison(queues)
+    assert len(parked) == 1 and "ALTINN_APPS" in parked[0]["failure"]["reason"]
+    assert sim.calls["instance"] == 0  # no token, no call to Altinn for an app we do not serve
