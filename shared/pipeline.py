@@ -139,9 +139,28 @@ def archive_instance(rt: Runtime, ref: InstanceRef, *, event_id: str | None = No
     return Result("archived", ref, elements=len(results), bytes=total)
 
 
+def enqueue(queue: Any, message: dict[str, Any]) -> None:
+    """Put one message (JSON) on a queue, creating the queue if it does not exist yet.
+
+    Raises azure.core.exceptions.AzureError when the write failed: the caller must not
+    acknowledge anything then.
+    """
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    text = json.dumps(message)
+    try:
+        queue.send_message(text)
+    except ResourceNotFoundError:
+        try:
+            queue.create_queue()
+        except ResourceExistsError:
+            pass
+        queue.send_message(text)
+
+
 def send_to_poison(rt: Runtime, message: dict[str, Any] | str, reason: str, *, status: int | None, dequeue_count: int | None) -> None:
     """Park a message that cannot succeed on the poison queue, with why."""
-    from azure.core.exceptions import AzureError, ResourceNotFoundError
+    from azure.core.exceptions import AzureError
 
     failure = {
         "reason": reason,
@@ -151,14 +170,8 @@ def send_to_poison(rt: Runtime, message: dict[str, Any] | str, reason: str, *, s
         "dequeueCount": dequeue_count,
     }
     doc = dict(message, failure=failure) if isinstance(message, dict) else {"raw": message, "failure": failure}
-    text = json.dumps(doc)
-    queue = rt.poison_queue
     try:
-        try:
-            queue.send_message(text)
-        except ResourceNotFoundError:
-            queue.create_queue()
-            queue.send_message(text)
+        enqueue(rt.poison_queue, doc)
     except AzureError as exc:
         raise TransientError(f"could not write to the poison queue ({type(exc).__name__})") from None
 
@@ -232,17 +245,11 @@ def receive_event(body: bytes, content_type: str | None = None) -> Reply:
     if outcome.message is None:
         log.info("webhook call %s", outcome.body.get("status"), extra={"event_id": event.id if event else None, "type": event.type if event else None})
         return Reply(outcome.status, outcome.body)
-    from azure.core.exceptions import AzureError, ResourceNotFoundError
+    from azure.core.exceptions import AzureError
 
     ref = InstanceRef.from_dict(outcome.message["instance"])
-    text = json.dumps(outcome.message)
     try:
-        queue = get_runtime().events_queue
-        try:
-            queue.send_message(text)
-        except ResourceNotFoundError:
-            queue.create_queue()
-            queue.send_message(text)
+        enqueue(get_runtime().events_queue, outcome.message)
     except AzureError as exc:
         log.error("could not queue the event (%s); answering 503 so Altinn retries", type(exc).__name__, extra=_context(ref, event.id if event else None, None))
         return problem(503, "queue_unavailable", "the event could not be stored; please retry")
