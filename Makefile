@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo test test-fast lint bench bench-quick check-infra ci clean
+.PHONY: demo test test-fast test-reliability lint bench bench-quick check-infra ci clean
 
 ## demo: run the whole flow locally (Azurite + Altinn simulator + local Functions host)
 demo: $(VENV)/.installed node_modules/.installed
@@ -16,6 +16,10 @@ test: $(VENV)/.installed node_modules/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest tests/unit
 
+## test-reliability: only the reliability suite (faults, chaos, crash, races, hostile input, fuzz, secrets); part of `make test`
+test-reliability: $(VENV)/.installed node_modules/.installed
+	$(PY) -m pytest tests/reliability
+
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 
@@ -24,9 +28,10 @@ check-infra:
 
 ci: lint test check-infra
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 node_modules/.installed: package.json package-lock.json

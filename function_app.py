@@ -2,6 +2,7 @@
 
 * ``receive``  POST /api/events (function key): validate an Altinn CloudEvent, queue it, 2xx once queued.
 * ``archive``  queue trigger on ``altinn-events``: archive the instance, then confirm it to Altinn.
+* ``catchup``  timer (``%CATCHUP_SCHEDULE%``): enqueue completed instances our org has not confirmed.
 
 All logic is in the ``shared`` package; heavy libraries load on first use, not here.
 """
@@ -33,8 +34,10 @@ app = _FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
 @app.function_name("receive")
 @app.route(route="events", methods=["POST"])
 def receive(req: func.HttpRequest) -> func.HttpResponse:
+    from shared import telemetry
     from shared.pipeline import receive_event
 
+    telemetry.configure()
     reply = receive_event(req.get_body(), req.headers.get("content-type"))
     return func.HttpResponse(
         json.dumps(reply.body),
@@ -46,6 +49,20 @@ def receive(req: func.HttpRequest) -> func.HttpResponse:
 @app.function_name("archive")
 @app.queue_trigger(arg_name="msg", queue_name=EVENTS_QUEUE, connection="AzureWebJobsStorage")
 def archive(msg: func.QueueMessage) -> None:
+    from shared import telemetry
     from shared.pipeline import handle_message
 
-    handle_message(msg.get_body(), dequeue_count=getattr(msg, "dequeue_count", None))
+    telemetry.configure()
+    body, dequeue_count = msg.get_body(), getattr(msg, "dequeue_count", None)
+    with telemetry.message_context(body, dequeue_count):
+        handle_message(body, dequeue_count=dequeue_count)
+
+
+@app.function_name("catchup")
+@app.timer_trigger(schedule="%CATCHUP_SCHEDULE%", arg_name="timer", run_on_startup=False, use_monitor=True)
+def catchup(timer: func.TimerRequest) -> None:
+    from shared import catchup as catchup_run
+    from shared import telemetry
+
+    telemetry.configure()
+    catchup_run.run_timer(past_due=bool(getattr(timer, "past_due", False)))

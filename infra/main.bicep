@@ -144,6 +144,16 @@ param archiveBlockSizeMiB int = 4
 @description('CATCHUP_SCHEDULE: NCRONTAB (6 fields, UTC) of the catch-up timer. Default: hourly at minute 7.')
 param catchupSchedule string = '0 7 * * * *'
 
+@description('CATCHUP_MAX_INSTANCES: most instances one catch-up run enqueues (the next run continues).')
+@minValue(1)
+@maxValue(100000)
+param catchupMaxInstances int = 5000
+
+@description('CATCHUP_TIME_BUDGET_SECONDS: time one catch-up run may take; below functionTimeout in host.json.')
+@minValue(10)
+@maxValue(1500)
+param catchupTimeBudgetSeconds int = 600
+
 // ---- Names -------------------------------------------------------------------------------------
 
 var abbrs = loadJsonContent('abbreviations.json')
@@ -242,6 +252,8 @@ var appSettings = {
   ARCHIVE_PARALLEL_DOWNLOADS: string(archiveParallelDownloads)
   ARCHIVE_BLOCK_SIZE_MIB: string(archiveBlockSizeMiB)
   CATCHUP_SCHEDULE: catchupSchedule
+  CATCHUP_MAX_INSTANCES: string(catchupMaxInstances)
+  CATCHUP_TIME_BUDGET_SECONDS: string(catchupTimeBudgetSeconds)
 }
 
 module api 'app/api.bicep' = {

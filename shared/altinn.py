@@ -1,4 +1,4 @@
-"""Altinn client: token exchange, instance, data stream, complete.
+"""Altinn client: token exchange, instance, data stream, complete, instance query, subscriptions.
 
 Every URL is built from the configured hosts and an :class:`~shared.events.InstanceRef`; none is
 taken from an event or from a link in a response. Before a request carries the bearer token its
@@ -13,8 +13,9 @@ from __future__ import annotations
 import logging
 import re
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError, UntrustedHostError
@@ -102,8 +103,11 @@ class AltinnClient:
         if f"{parts.scheme}://{parts.netloc}".lower() not in self._origins or parts.username or parts.password:
             raise UntrustedHostError("refusing to send the Altinn token to a host that is not configured")
 
-    def _send(self, method: str, url: str, what: str, *, stream: bool = False, attempts: int = 3) -> requests.Response:
-        """One call with the bearer token, the 401 refresh and brief retries; returns a 2xx response."""
+    def _send(self, method: str, url: str, what: str, *, stream: bool = False, attempts: int = 3, json_body: Any = None) -> requests.Response:
+        """One call with the bearer token, the 401 refresh and brief retries; returns a 2xx response.
+
+        ``json_body`` is sent as JSON (only idempotent calls: a retry may send it twice).
+        """
         import requests
 
         self._check_origin(url)
@@ -120,6 +124,7 @@ class AltinnClient:
                     timeout=TIMEOUT,
                     stream=stream,
                     allow_redirects=False,
+                    json=json_body,
                 )
             except requests.RequestException as exc:
                 if attempt < attempts:
@@ -173,3 +178,92 @@ class AltinnClient:
     def complete(self, ref: InstanceRef) -> None:
         """Confirm the download (idempotent on Altinn's side)."""
         self._send("POST", f"{self.instance_url(ref)}/complete", "confirm instance").close()
+
+    # -- instance query (catch-up) ----------------------------------------------------------------
+
+    def query_url(self, org: str, app: str, *, size: int, continuation_token: str | None = None) -> str:
+        """The storage query for completed, not hard-deleted instances of ``org/app`` we have not confirmed."""
+        params = [
+            ("org", org),
+            ("appId", f"{org}/{app}"),
+            ("process.isComplete", "true"),
+            ("excludeConfirmedBy", org),
+            ("status.isHardDeleted", "false"),
+            ("size", str(size)),
+        ]
+        if continuation_token:
+            params.append(("continuationToken", continuation_token))
+        return f"{self.settings.platform_url}/storage/api/v1/instances?{urlencode(params)}"
+
+    def query_instances(self, org: str, app: str, *, size: int = 100, continuation_token: str | None = None) -> InstancePage:
+        """One page of the query. The next page's URL is rebuilt from the continuation token alone,
+        so a ``next`` link naming another host is never followed (and never gets the token)."""
+        resp = self._send("GET", self.query_url(org, app, size=size, continuation_token=continuation_token), "query instances")
+        try:
+            data = resp.json()
+        except ValueError:
+            raise TransientError("query instances: Altinn answered with a body that is not JSON") from None
+        if not isinstance(data, dict) or not isinstance(data.get("instances", []), list):
+            raise TransientError("query instances: Altinn answered with JSON that is not an instance list")
+        instances = [i for i in data.get("instances") or [] if isinstance(i, dict)]
+        token = _continuation_token(data)
+        next_url = data.get("next")
+        if token and isinstance(next_url, str) and _origin(next_url) != _origin(self.settings.platform_url):
+            log.warning("query instances: the next link names another host; only its continuation token is used", extra={"org": org, "app": app})
+        return InstancePage(instances=instances, continuation_token=token)
+
+    # -- Events subscriptions -----------------------------------------------------------------------
+
+    def subscriptions_url(self, subscription_id: int | None = None) -> str:
+        base = f"{self.settings.platform_url}/events/api/v1/subscriptions"
+        return base if subscription_id is None else f"{base}/{int(subscription_id)}"
+
+    def _json(self, resp: requests.Response, what: str) -> dict[str, Any]:
+        try:
+            data = resp.json()
+        except ValueError:
+            raise TransientError(f"{what}: Altinn answered with a body that is not JSON") from None
+        if not isinstance(data, dict):
+            raise TransientError(f"{what}: Altinn answered with JSON that is not an object")
+        return data
+
+    def list_subscriptions(self) -> list[dict[str, Any]]:
+        """Every subscription of our org (the token's consumer)."""
+        data = self._json(self._send("GET", self.subscriptions_url(), "list subscriptions"), "list subscriptions")
+        subs = data.get("subscriptions") or []
+        return [s for s in subs if isinstance(s, dict)] if isinstance(subs, list) else []
+
+    def get_subscription(self, subscription_id: int) -> dict[str, Any]:
+        return self._json(self._send("GET", self.subscriptions_url(subscription_id), "get subscription"), "get subscription")
+
+    def create_subscription(self, body: dict[str, Any]) -> dict[str, Any]:
+        """POST a subscription. Altinn returns the existing one for an identical request, so a retry is safe."""
+        return self._json(self._send("POST", self.subscriptions_url(), "create subscription", json_body=body), "create subscription")
+
+    def delete_subscription(self, subscription_id: int) -> None:
+        self._send("DELETE", self.subscriptions_url(subscription_id), "delete subscription").close()
+
+
+@dataclass(frozen=True)
+class InstancePage:
+    """One page of the instance query: the instances and, when there are more, the token for the next."""
+
+    instances: list[dict[str, Any]]
+    continuation_token: str | None
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _continuation_token(data: dict[str, Any]) -> str | None:
+    """The continuation token of the next page: from ``next`` (Altinn's link), or a bare token field."""
+    next_url = data.get("next")
+    if isinstance(next_url, str) and next_url:
+        values = parse_qs(urlsplit(next_url).query).get("continuationToken")
+        if values and values[0]:
+            return values[0]
+        raise TransientError("query instances: the next link has no continuation token")
+    token = data.get("continuationToken")
+    return token if isinstance(token, str) and token else None

@@ -37,6 +37,10 @@ STORAGE = "AzureWebJobsStorage"
 # Tuning, optional.
 ARCHIVE_PARALLEL_DOWNLOADS = "ARCHIVE_PARALLEL_DOWNLOADS"
 ARCHIVE_BLOCK_SIZE_MIB = "ARCHIVE_BLOCK_SIZE_MIB"
+# Catch-up (the timer function and `altinn-mottak catch-up`).
+CATCHUP_SCHEDULE = "CATCHUP_SCHEDULE"
+CATCHUP_MAX_INSTANCES = "CATCHUP_MAX_INSTANCES"
+CATCHUP_TIME_BUDGET_SECONDS = "CATCHUP_TIME_BUDGET_SECONDS"
 
 SETTING_NAMES: tuple[str, ...] = (
     ALTINN_ENVIRONMENT,
@@ -54,6 +58,9 @@ SETTING_NAMES: tuple[str, ...] = (
     STORAGE,
     ARCHIVE_PARALLEL_DOWNLOADS,
     ARCHIVE_BLOCK_SIZE_MIB,
+    CATCHUP_SCHEDULE,
+    CATCHUP_MAX_INSTANCES,
+    CATCHUP_TIME_BUDGET_SECONDS,
 )
 
 # Queue names are part of the contract with infra/ and the bindings in function_app.py.
@@ -64,6 +71,11 @@ DEFAULT_EVENT_TYPES = "app.instance.process.completed"
 DEFAULT_SCOPES = "altinn:serviceowner/instances.read altinn:serviceowner/instances.write"
 DEFAULT_CONTAINER = "altinn-data"
 DEFAULT_STORAGE = "UseDevelopmentStorage=true"
+DEFAULT_CATCHUP_SCHEDULE = "0 7 * * * *"  # hourly, at minute 7 (UTC)
+DEFAULT_CATCHUP_MAX_INSTANCES = 5000
+# Below host.json's functionTimeout (30 min) with room for the instances already being enqueued.
+DEFAULT_CATCHUP_TIME_BUDGET = 600
+MAX_CATCHUP_TIME_BUDGET = 1500
 
 
 @dataclass(frozen=True)
@@ -122,6 +134,9 @@ class Settings:
     storage: StorageConfig = field(repr=False)
     parallel_downloads: int = 4
     block_size: int = 4 * 1024 * 1024
+    catchup_schedule: str = DEFAULT_CATCHUP_SCHEDULE
+    catchup_max_instances: int = DEFAULT_CATCHUP_MAX_INSTANCES
+    catchup_time_budget: float = DEFAULT_CATCHUP_TIME_BUDGET
 
     def apps_base(self, org: str) -> str:
         """The configured app host for ``org``: scheme, host and port, no trailing slash."""
@@ -221,6 +236,19 @@ def _parse_int(name: str, raw: str | None, default: int, lo: int, hi: int) -> in
     return value
 
 
+_CRON_FIELD = re.compile(r"^[0-9A-Za-z*?,/-]{1,60}$")
+
+
+def _parse_schedule(raw: str | None) -> str:
+    """A six-field NCRONTAB expression (``sec min hour day month day-of-week``), as the timer needs."""
+    if raw is None or not raw.strip():
+        return DEFAULT_CATCHUP_SCHEDULE
+    fields = raw.split()
+    if len(fields) != 6 or not all(_CRON_FIELD.match(f) for f in fields):
+        raise ConfigError(CATCHUP_SCHEDULE, "must be a six-field NCRONTAB expression (sec min hour day month day-of-week), e.g. '0 7 * * * *'")
+    return " ".join(fields)
+
+
 def _storage(env: Mapping[str, str]) -> StorageConfig:
     conn = env.get(STORAGE)
     if conn and conn.strip():
@@ -293,6 +321,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         storage=_storage(env),
         parallel_downloads=_parse_int(ARCHIVE_PARALLEL_DOWNLOADS, env.get(ARCHIVE_PARALLEL_DOWNLOADS), 4, 1, 32),
         block_size=_parse_int(ARCHIVE_BLOCK_SIZE_MIB, env.get(ARCHIVE_BLOCK_SIZE_MIB), 4, 1, 100) * 1024 * 1024,
+        catchup_schedule=_parse_schedule(env.get(CATCHUP_SCHEDULE)),
+        catchup_max_instances=_parse_int(CATCHUP_MAX_INSTANCES, env.get(CATCHUP_MAX_INSTANCES), DEFAULT_CATCHUP_MAX_INSTANCES, 1, 100_000),
+        catchup_time_budget=_parse_int(
+            CATCHUP_TIME_BUDGET_SECONDS, env.get(CATCHUP_TIME_BUDGET_SECONDS), DEFAULT_CATCHUP_TIME_BUDGET, 10, MAX_CATCHUP_TIME_BUDGET
+        ),
     )
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from shared import events
+from shared import events, telemetry
 from shared.archive import INSTANCE, MANIFEST, ElementResult, build_manifest, data_blob_name
 from shared.errors import ConfigError, InvalidEvent, PermanentError, TransientError
 from shared.events import InstanceRef
@@ -111,7 +111,9 @@ def archive_instance(rt: Runtime, ref: InstanceRef, *, event_id: str | None = No
     instance = rt.altinn.get_instance(ref)
     elements = _check_instance(ref, instance)
     archive.ensure_container()
-    archive.write_json(ref.prefix + INSTANCE, instance)
+    # Write-once (If-None-Match), like the manifest: a worker that lost a race to another one must
+    # not rewrite a finished archive with Altinn's later view (which then shows our confirmation).
+    archive.write_json(ref.prefix + INSTANCE, instance, only_if_new=True)
 
     def one(element: dict[str, Any]) -> ElementResult:
         reused = _reuse(ref, element, state.data.get(element["id"]))
@@ -186,6 +188,7 @@ def handle_message(body: bytes | str, *, dequeue_count: int | None = None, max_d
     except ValueError as exc:
         log.error("unreadable queue message; moved to poison", extra={"dequeue_count": dequeue_count, "outcome": "permanent-failure"})
         send_to_poison(rt, raw[:60000], str(exc), status=None, dequeue_count=dequeue_count)
+        telemetry.record_failure("unreadable")
         return Result("permanent-failure", None, reason=str(exc))
     event_id = (message.get("event") or {}).get("id")
     ctx = _context(ref, event_id, dequeue_count)
@@ -194,6 +197,7 @@ def handle_message(body: bytes | str, *, dequeue_count: int | None = None, max_d
     except PermanentError as exc:
         log.error("permanent failure; moved to poison: %s", exc.reason, extra=ctx | {"outcome": "permanent-failure", "status": exc.status})
         send_to_poison(rt, message, exc.reason, status=exc.status, dequeue_count=dequeue_count)
+        telemetry.record_failure("permanent", org=ref.org, app=ref.app, status=exc.status)
         return Result("permanent-failure", ref, reason=exc.reason)
     except (TransientError, ConfigError) as exc:
         last = dequeue_count is not None and dequeue_count >= max_dequeue_count
@@ -203,8 +207,12 @@ def handle_message(body: bytes | str, *, dequeue_count: int | None = None, max_d
             "last attempt: the message goes to the poison queue" if last else "the queue will retry",
             extra=ctx | {"outcome": "retry" if not last else "poison"},
         )
+        telemetry.record_failure("config" if isinstance(exc, ConfigError) else "transient", org=ref.org, app=ref.app, status=getattr(exc, "status", None))
         raise
-    log.debug("message handled in %.3f s", time.monotonic() - started, extra=ctx)
+    log.debug("message handled in %.3f s", time.monotonic() - started, extra=ctx | {"outcome": result.outcome})
+    telemetry.record_result(
+        result.outcome, org=ref.org, app=ref.app, via=message.get("via"), nbytes=result.bytes, event_time=(message.get("event") or {}).get("time")
+    )
     return result
 
 

@@ -1,0 +1,342 @@
+"""Catch-up: find completed instances our org has not confirmed and put them on the queue.
+
+Events can be missed (the webhook down longer than Altinn's ~35 hours of retries, a subscription
+not validated yet, a bad deploy). For each app in ``ALTINN_APPS`` this asks Altinn storage for
+instances whose process is complete, that are not hard deleted and that our org has not confirmed
+(``excludeConfirmedBy``), page by page, and enqueues each on ``altinn-events`` with the webhook's
+message shape (``via: "catch-up"``). The archive function is idempotent, so an instance that the
+webhook also delivers is archived once.
+
+Bounds, so one run never exceeds the function timeout and never floods the queue:
+
+* at most ``CATCHUP_MAX_INSTANCES`` enqueued per run, less the messages already waiting on the
+  queue (a backlog is not made bigger; the next run continues where this one stopped);
+* at most ``CATCHUP_TIME_BUDGET_SECONDS`` of wall time (checked before every page);
+* apps are paged round-robin, so one app with a large backlog does not starve the others.
+
+Per instance, what is stored decides (one listing call): archived and confirmed by us -> skipped
+(Altinn's list lags behind); archived but not confirmed -> enqueued so it is confirmed; nothing ->
+enqueued. An instance seen twice in one run (pages shift while instances get confirmed) is enqueued
+once. The next page is requested by rebuilding the URL from the continuation token: a ``next`` link
+naming another host never gets the bearer token.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from shared import events, telemetry
+from shared.errors import MottakError, TransientError
+from shared.events import InstanceRef
+from shared.runtime import Runtime
+
+log = logging.getLogger("altinn_mottak.catchup")
+
+VIA = "catch-up"
+PAGE_SIZE = 100
+WORKERS = 8  # archive look-ups and queue writes in flight per page
+MAX_LISTED = 1000  # instances named in one report
+
+# What happened to one instance the query returned.
+NEW = "new"  # nothing archived: enqueued
+AWAITING = "awaiting-confirmation"  # archive complete, not confirmed: enqueued (once per run)
+CONFIRMED = "confirmed"  # archived and confirmed by us: skipped
+DUPLICATE = "duplicate"  # already handled in this run: skipped
+INVALID = "invalid"  # not an instance of this app, or not complete/not ours to take: skipped
+
+
+@dataclass
+class AppReport:
+    org: str
+    app: str
+    found: int = 0
+    enqueued: int = 0
+    awaiting_confirmation: int = 0
+    skipped: dict[str, int] = field(default_factory=lambda: {CONFIRMED: 0, DUPLICATE: 0, INVALID: 0})
+    pages: int = 0
+    complete: bool = False  # the query was followed to its last page
+    error: str | None = None
+    continuation_token: str | None = field(default=None, repr=False)
+
+    @property
+    def app_id(self) -> str:
+        return f"{self.org}/{self.app}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "app": self.app_id,
+            "found": self.found,
+            "enqueued": self.enqueued,
+            "awaitingConfirmation": self.awaiting_confirmation,
+            "skipped": dict(self.skipped),
+            "pages": self.pages,
+            "complete": self.complete,
+            "error": self.error,
+        }
+
+
+@dataclass
+class CatchupReport:
+    apps: list[AppReport]
+    dry_run: bool = False
+    limit: int = 0
+    backlog: int | None = None
+    stopped: str | None = None  # max-instances | time-budget | queue-backlog | error
+    error: str | None = None
+    duration: float = 0.0
+    instances: list[dict[str, str]] = field(default_factory=list)
+    instances_truncated: bool = False
+
+    @property
+    def found(self) -> int:
+        return sum(a.found for a in self.apps)
+
+    @property
+    def enqueued(self) -> int:
+        return sum(a.enqueued for a in self.apps)
+
+    @property
+    def skipped(self) -> int:
+        return sum(sum(a.skipped.values()) for a in self.apps)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and all(a.error is None for a in self.apps)
+
+    def errors(self) -> list[str]:
+        found = [f"{a.app_id}: {a.error}" for a in self.apps if a.error]
+        return found + ([self.error] if self.error else [])
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "dryRun": self.dry_run,
+            "found": self.found,
+            "enqueued": self.enqueued,
+            "awaitingConfirmation": sum(a.awaiting_confirmation for a in self.apps),
+            "skipped": self.skipped,
+            "limit": self.limit,
+            "backlog": self.backlog,
+            "stopped": self.stopped,
+            "error": self.error,
+            "durationSeconds": round(self.duration, 3),
+            "apps": [a.to_dict() for a in self.apps],
+            "instances": list(self.instances),
+            "instancesTruncated": self.instances_truncated,
+        }
+
+
+def _queue_backlog(rt: Runtime) -> int:
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+    try:
+        return int(rt.events_queue.get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return 0
+    except AzureError as exc:
+        raise TransientError(f"catch-up: cannot read the queue ({type(exc).__name__})") from None
+
+
+def _candidate(org: str, app: str, doc: dict[str, Any]) -> InstanceRef | None:
+    """The instance a query result names, if it is one we should take; None otherwise."""
+    instance_id = doc.get("id")
+    if not isinstance(instance_id, str):
+        return None
+    try:
+        ref = InstanceRef.parse(org, app, instance_id)
+    except ValueError:
+        return None
+    if doc.get("appId") not in (None, ref.app_id) or doc.get("org") not in (None, org):
+        return None
+    status = doc.get("status") if isinstance(doc.get("status"), dict) else {}
+    process = doc.get("process") if isinstance(doc.get("process"), dict) else {}
+    if status.get("isHardDeleted") or not process.get("ended"):
+        return None  # the query says otherwise; trust the instance, not the filter
+    confirmations = doc.get("completeConfirmations") or []
+    if isinstance(confirmations, list) and any(isinstance(c, dict) and c.get("stakeholderId") == org for c in confirmations):
+        return None
+    return ref
+
+
+def run_catchup(
+    rt: Runtime,
+    *,
+    apps: Iterable[tuple[str, str]] | None = None,
+    dry_run: bool = False,
+    max_instances: int | None = None,
+    time_budget: float | None = None,
+    page_size: int = PAGE_SIZE,
+    progress: Callable[[CatchupReport], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> CatchupReport:
+    """One catch-up run. Errors are recorded in the report (``report.ok``), not raised, so the
+    counts of what did happen are never lost; the timer function raises afterwards."""
+    settings = rt.settings
+    selected = sorted(settings.apps if apps is None else set(apps))
+    for org, app in selected:
+        if (org, app) not in settings.apps:
+            raise ValueError(f"{org}/{app} is not in ALTINN_APPS")
+    started = clock()
+    deadline = started + (settings.catchup_time_budget if time_budget is None else time_budget)
+    limit = settings.catchup_max_instances if max_instances is None else max_instances
+    report = CatchupReport(apps=[AppReport(org, app) for org, app in selected], dry_run=dry_run, limit=limit)
+    seen: set[str] = set()
+
+    def finish() -> CatchupReport:
+        report.duration = clock() - started
+        _log_summary(report)
+        return report
+
+    try:
+        report.backlog = _queue_backlog(rt)
+    except TransientError as exc:
+        report.error, report.stopped = exc.reason, "error"
+        return finish()
+    allowance = limit if dry_run else limit - report.backlog
+    if allowance <= 0:
+        report.stopped = "queue-backlog"
+        log.warning(
+            "catch-up skipped: %d messages already wait on the queue (CATCHUP_MAX_INSTANCES is %d); the next run continues",
+            report.backlog,
+            limit,
+        )
+        return finish()
+
+    def handle(ref: InstanceRef) -> str:
+        state = rt.archive.state(ref)
+        if state.manifest and state.confirmed:
+            return CONFIRMED
+        kind = AWAITING if state.manifest else NEW
+        if not dry_run:
+            from shared.pipeline import enqueue
+
+            enqueue(rt.events_queue, events.queue_message(None, ref, via=VIA))
+        log.info(
+            "catch-up: %s (%s)",
+            "would enqueue" if dry_run else "enqueued",
+            kind,
+            extra={"instance": ref.instance_id, "org": ref.org, "app": ref.app, "via": VIA, "outcome": "dry-run" if dry_run else "enqueued"},
+        )
+        return kind
+
+    active = list(report.apps)
+    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="catchup") as pool:
+        while active and report.stopped is None:
+            for entry in list(active):
+                if clock() >= deadline:
+                    report.stopped = "time-budget"
+                    break
+                room = allowance - report.enqueued
+                if room <= 0:
+                    report.stopped = "max-instances"
+                    break
+                try:
+                    page = rt.altinn.query_instances(entry.org, entry.app, size=page_size, continuation_token=entry.continuation_token)
+                except MottakError as exc:
+                    entry.error = str(exc)
+                    active.remove(entry)
+                    log.error("catch-up: querying Altinn failed: %s", exc, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
+                    continue
+                entry.pages += 1
+                batch: list[InstanceRef] = []
+                for doc in page.instances:
+                    entry.found += 1
+                    ref = _candidate(entry.org, entry.app, doc)
+                    if ref is None:
+                        entry.skipped[INVALID] += 1
+                        continue
+                    key = f"{ref.org}/{ref.app}/{ref.instance_id}"
+                    if key in seen:
+                        entry.skipped[DUPLICATE] += 1
+                        continue
+                    seen.add(key)
+                    batch.append(ref)
+                if len(batch) > room:  # the allowance runs out on this page; the next run takes the rest
+                    batch = batch[:room]
+                    report.stopped = "max-instances"
+                try:
+                    kinds = list(pool.map(handle, batch))
+                except Exception as exc:  # storage unavailable: stop, keep the counts
+                    report.error = f"catch-up stopped: {_describe(exc)}"
+                    report.stopped = "error"
+                    log.error("%s", report.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
+                    break
+                for ref, kind in zip(batch, kinds, strict=True):
+                    if kind == CONFIRMED:
+                        entry.skipped[CONFIRMED] += 1
+                    else:
+                        entry.enqueued += 1
+                        entry.awaiting_confirmation += 1 if kind == AWAITING else 0
+                        if len(report.instances) < MAX_LISTED:
+                            report.instances.append({"app": ref.app_id, "instance": ref.instance_id, "state": kind})
+                        else:
+                            report.instances_truncated = True
+                next_token = page.continuation_token
+                if next_token is None:
+                    entry.complete = True
+                    active.remove(entry)
+                elif next_token == entry.continuation_token:
+                    entry.error = "the query returned the same continuation token twice"
+                    active.remove(entry)
+                else:
+                    entry.continuation_token = next_token
+                if progress is not None:
+                    progress(report)
+                if report.stopped is not None:
+                    break
+    for entry in report.apps:
+        if not dry_run:
+            telemetry.record_catchup(entry.enqueued, org=entry.org, app=entry.app)
+    return finish()
+
+
+def _describe(exc: Exception) -> str:
+    if isinstance(exc, MottakError):
+        return str(exc)
+    return f"{type(exc).__name__} talking to storage"
+
+
+def _log_summary(report: CatchupReport) -> None:
+    for entry in report.apps:
+        log.info(
+            "catch-up %s: found %d, enqueued %d (%d archived awaiting confirmation), skipped %d (%s)%s",
+            entry.app_id,
+            entry.found,
+            entry.enqueued,
+            entry.awaiting_confirmation,
+            sum(entry.skipped.values()),
+            ", ".join(f"{k} {v}" for k, v in entry.skipped.items()),
+            "" if entry.complete else " - not finished",
+            extra={"org": entry.org, "app": entry.app, "found": entry.found, "enqueued": entry.enqueued, "skipped": sum(entry.skipped.values()), "via": VIA},
+        )
+    level = logging.INFO if report.ok and report.stopped is None else logging.WARNING
+    log.log(
+        level,
+        "catch-up %s in %.1f s: found %d, %s %d, skipped %d%s%s",
+        "dry run finished" if report.dry_run else "finished",
+        report.duration,
+        report.found,
+        "would enqueue" if report.dry_run else "enqueued",
+        report.enqueued,
+        report.skipped,
+        f"; stopped early ({report.stopped}), the next run continues" if report.stopped else "",
+        f"; errors: {'; '.join(report.errors())}" if report.errors() else "",
+        extra={"found": report.found, "enqueued": report.enqueued, "skipped": report.skipped, "via": VIA, "outcome": "ok" if report.ok else "error"},
+    )
+
+
+def run_timer(*, past_due: bool = False) -> CatchupReport:
+    """The timer function: one run with the settings' bounds; raises when something failed."""
+    from shared.runtime import get_runtime
+
+    if past_due:
+        log.info("catch-up timer is past due; running now")
+    report = run_catchup(get_runtime())
+    if not report.ok:
+        raise TransientError("catch-up did not finish cleanly: " + "; ".join(report.errors()))
+    return report

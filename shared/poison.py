@@ -1,0 +1,339 @@
+"""The poison queue ``altinn-events-poison``: what is parked there and why, and replaying it.
+
+Two kinds of message end up there:
+
+* parked by our pipeline at once for a permanent failure (404, 403, an app we do not serve): the
+  original message plus a ``failure`` member (``reason``, ``status``, ``at``, ``dequeueCount``);
+  an unreadable message is wrapped as ``{"raw": ..., "failure": ...}``;
+* moved by the Functions host after ``maxDequeueCount`` failed attempts (transient failures that
+  did not pass): the original message, unchanged. Its reason is in the archive function's
+  exceptions (Application Insights), not in the message.
+
+Replay moves messages back to ``altinn-events``: all of them or those of selected instances, with
+``failure`` stripped (a host-moved message goes back byte for byte). A message is never lost: it is
+written to the main queue first and only then deleted from the poison queue (a crash in between
+leaves a duplicate, which the archive function's idempotency absorbs). Messages that are not
+selected are held invisible during the scan and released at the end; a replayed message that fails
+again and lands on the poison queue while the replay still runs is recognised (same content) and
+left for the next replay, so a replay never loops.
+
+Messages on both queues are base64 text (``messageEncoding`` in host.json); the clients here read
+and write the raw text so that an odd message cannot stop a listing or a replay.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from shared.config import EVENTS_QUEUE, POISON_QUEUE
+from shared.errors import TransientError
+from shared.runtime import Runtime
+
+log = logging.getLogger("altinn_mottak.poison")
+
+PEEK_MAX = 32  # Azure Storage returns at most 32 messages per peek or receive
+LEASE_SECONDS = 300  # how long a scanned message stays invisible while a replay runs
+HOST_REASON = "retries exhausted: moved by the Functions host after maxDequeueCount failed attempts (see the archive function's exceptions)"
+
+
+def _raw_queue(rt: Runtime, name: str) -> Any:
+    """A queue client without message encoding: we see and write the text exactly as stored."""
+    from azure.storage.queue import ExponentialRetry, QueueClient
+
+    from shared.runtime import _credential, _retry
+
+    storage = rt.settings.storage
+    options = {"retry_policy": _retry(3, ExponentialRetry), "connection_timeout": 10, "read_timeout": 30}
+    if storage.connection_string:
+        return QueueClient.from_connection_string(storage.connection_string, name, **options)
+    return QueueClient(storage.queue_url, name, credential=_credential(storage), **options)
+
+
+def _text(content: Any) -> str:
+    return content.decode("utf-8", "replace") if isinstance(content, bytes) else str(content or "")
+
+
+def _base64_json(text: str) -> dict[str, Any] | None:
+    try:
+        doc = json.loads(base64.b64decode("".join(text.split()), validate=True).decode("utf-8"))
+    except (binascii.Error, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def decode(content: Any) -> dict[str, Any] | None:
+    """The JSON object of a message (base64 as the host writes it, or plain JSON); None if neither."""
+    text = _text(content)
+    doc = _base64_json(text)
+    if doc is not None:
+        return doc
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def instance_key(doc: dict[str, Any] | None) -> str | None:
+    """``org/app/partyId/instanceGuid`` of a message, or None."""
+    inst = doc.get("instance") if isinstance(doc, dict) else None
+    if not isinstance(inst, dict):
+        return None
+    parts = [inst.get(k) for k in ("org", "app", "partyId", "instanceGuid")]
+    if not all(isinstance(p, str) and p for p in parts):
+        return None
+    return "/".join(str(p) for p in parts[:3]) + "/" + str(parts[3]).lower()
+
+
+def parse_selector(text: str) -> str:
+    """``partyId/instanceGuid`` or ``org/app/partyId/instanceGuid`` -> a normalised selector.
+
+    ValueError when it is neither."""
+    from shared.events import InstanceRef
+
+    parts = text.strip().strip("/").split("/")
+    if len(parts) == 2:
+        ref = InstanceRef.parse("x", "x", "/".join(parts))
+        return ref.instance_id
+    if len(parts) == 4:
+        ref = InstanceRef.parse(parts[0], parts[1], "/".join(parts[2:]))
+        return f"{ref.org}/{ref.app}/{ref.instance_id}"
+    raise ValueError(f"not an instance: {text[:100]!r} (give partyId/instanceGuid or org/app/partyId/instanceGuid)")
+
+
+def _matches(key: str | None, selectors: set[str]) -> bool:
+    if key is None:
+        return False
+    short = "/".join(key.split("/")[2:])
+    return key in selectors or short in selectors
+
+
+@dataclass
+class PoisonEntry:
+    message_id: str
+    inserted_on: str | None
+    instance: str | None  # org/app/partyId/instanceGuid
+    event_id: str | None
+    via: str | None
+    parked_by: str  # pipeline | host | unreadable
+    reason: str
+    status: int | None = None
+    failed_at: str | None = None
+    attempts: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "messageId": self.message_id,
+            "insertedOn": self.inserted_on,
+            "instance": self.instance,
+            "eventId": self.event_id,
+            "via": self.via,
+            "parkedBy": self.parked_by,
+            "reason": self.reason,
+            "status": self.status,
+            "failedAt": self.failed_at,
+            "attempts": self.attempts,
+        }
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, datetime):
+        return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return None
+
+
+def describe(message_id: str, content: Any, inserted_on: Any = None) -> PoisonEntry:
+    """What a poison message is and why it is there."""
+    doc = decode(content)
+    key = instance_key(doc)
+    failure = doc.get("failure") if isinstance(doc, dict) and isinstance(doc.get("failure"), dict) else None
+    if doc is None or key is None:
+        reason = "unreadable message"
+        if failure is not None and isinstance(failure.get("reason"), str):
+            reason = f"unreadable message: {failure['reason']}"
+        return PoisonEntry(message_id, _iso(inserted_on), None, None, None, "unreadable", reason[:500])
+    event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+    entry = PoisonEntry(
+        message_id,
+        _iso(inserted_on),
+        key,
+        event.get("id") if isinstance(event.get("id"), str) else None,
+        doc.get("via") if isinstance(doc.get("via"), str) else None,
+        "pipeline" if failure is not None else "host",
+        HOST_REASON,
+    )
+    if failure is not None:
+        entry.reason = str(failure.get("reason") or "permanent failure")[:500]
+        entry.status = failure.get("status") if isinstance(failure.get("status"), int) else None
+        entry.failed_at = failure.get("at") if isinstance(failure.get("at"), str) else None
+        entry.attempts = failure.get("dequeueCount") if isinstance(failure.get("dequeueCount"), int) else None
+    return entry
+
+
+def depth(rt: Runtime, name: str = POISON_QUEUE) -> int | None:
+    """Approximate message count of a queue (None when it does not exist)."""
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+    try:
+        return int(_raw_queue(rt, name).get_queue_properties().approximate_message_count or 0)
+    except ResourceNotFoundError:
+        return None
+    except AzureError as exc:
+        raise TransientError(f"cannot read queue {name} ({type(exc).__name__})") from None
+
+
+def peek(rt: Runtime, limit: int = PEEK_MAX) -> tuple[list[PoisonEntry], int | None]:
+    """The first ``limit`` (at most 32) poison messages without taking them, and the queue's depth."""
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
+
+    client = _raw_queue(rt, POISON_QUEUE)
+    try:
+        count = int(client.get_queue_properties().approximate_message_count or 0)
+        messages = client.peek_messages(max_messages=max(1, min(limit, PEEK_MAX)))
+    except ResourceNotFoundError:
+        return [], None
+    except AzureError as exc:
+        raise TransientError(f"cannot read the poison queue ({type(exc).__name__})") from None
+    return [describe(m.id, m.content, m.inserted_on) for m in messages], count
+
+
+@dataclass
+class ReplayReport:
+    dry_run: bool
+    replayed: list[PoisonEntry] = field(default_factory=list)  # or, in a dry run, would be
+    left: int = 0  # not selected
+    unreadable: int = 0  # cannot be replayed (left where they are)
+    repeated: int = 0  # replayed in this run and parked again meanwhile (left for the next replay)
+    delete_failed: int = 0  # replayed but still on the poison queue too (a duplicate, harmless)
+    duration: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.delete_failed == 0,
+            "dryRun": self.dry_run,
+            "replayed": len(self.replayed),
+            "left": self.left,
+            "unreadable": self.unreadable,
+            "repeated": self.repeated,
+            "deleteFailed": self.delete_failed,
+            "durationSeconds": round(self.duration, 3),
+            "messages": [e.to_dict() for e in self.replayed],
+        }
+
+
+def replay_body(content: Any, doc: dict[str, Any]) -> str:
+    """The text to put back on ``altinn-events``: base64 JSON without ``failure``; a message the
+    host moved (base64, no ``failure``) goes back exactly as it was."""
+    text = _text(content)
+    if "failure" not in doc and _base64_json(text) is not None:
+        return text
+    clean = {k: v for k, v in doc.items() if k != "failure"}
+    return base64.b64encode(json.dumps(clean).encode("utf-8")).decode("ascii")
+
+
+def replay(
+    rt: Runtime,
+    *,
+    instances: Iterable[str] | None = None,
+    dry_run: bool = False,
+    limit: int | None = None,
+    lease: int = LEASE_SECONDS,
+    progress: Callable[[ReplayReport], None] | None = None,
+) -> ReplayReport:
+    """Move poison messages back to the main queue: those of ``instances`` (selectors from
+    :func:`parse_selector`), or all readable ones when ``instances`` is None."""
+    from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+
+    selectors = {parse_selector(s) for s in instances} if instances is not None else None
+    started = time.monotonic()
+    replayed_docs: set[str] = set()  # what we put back in this run, to recognise it if it fails again
+    report = ReplayReport(dry_run=dry_run)
+    poison = _raw_queue(rt, POISON_QUEUE)
+    target = _raw_queue(rt, EVENTS_QUEUE)
+    held: dict[str, str] = {}  # message id -> pop receipt, of messages we keep invisible until the end
+    try:
+        try:
+            budget = int(poison.get_queue_properties().approximate_message_count or 0) + PEEK_MAX
+        except ResourceNotFoundError:
+            report.duration = time.monotonic() - started
+            return report
+        while budget > 0 and (limit is None or len(report.replayed) < limit):
+            batch = list(poison.receive_messages(messages_per_page=PEEK_MAX, max_messages=PEEK_MAX, visibility_timeout=lease))
+            fresh = [m for m in batch if m.id not in held]
+            for m in batch:
+                if m.id in held:
+                    held[m.id] = m.pop_receipt  # it came round again (the lease ran out): keep holding it
+            if not fresh:
+                break
+            for m in fresh:
+                budget -= 1
+                doc = decode(m.content)
+                key = instance_key(doc)
+                entry = describe(m.id, m.content, m.inserted_on)
+                if doc is None or key is None:
+                    report.unreadable += 1
+                    held[m.id] = m.pop_receipt
+                    continue
+                identity = json.dumps({k: v for k, v in doc.items() if k != "failure"}, sort_keys=True)
+                if identity in replayed_docs:
+                    report.repeated += 1
+                    held[m.id] = m.pop_receipt
+                    continue
+                selected = (selectors is None or _matches(key, selectors)) and (limit is None or len(report.replayed) < limit)
+                if not selected:
+                    report.left += 1
+                    held[m.id] = m.pop_receipt
+                    continue
+                if dry_run:
+                    replayed_docs.add(identity)
+                    report.replayed.append(entry)
+                    held[m.id] = m.pop_receipt
+                    continue
+                body = replay_body(m.content, doc)
+                held[m.id] = m.pop_receipt  # released at the end if anything below fails
+                try:
+                    target.send_message(body)  # first the main queue ...
+                except ResourceNotFoundError:  # (infra creates it; an operator's role may not allow creating it)
+                    with contextlib.suppress(ResourceExistsError):
+                        target.create_queue()
+                    target.send_message(body)
+                replayed_docs.add(identity)
+                report.replayed.append(entry)
+                org, app, instance = key.split("/", 2)
+                fields = {"instance": instance, "org": org, "app": app, "event_id": entry.event_id}
+                log.info("replayed from the poison queue", extra=fields | {"outcome": "replayed", "reason": entry.reason})
+                try:
+                    poison.delete_message(m.id, m.pop_receipt)  # ... then off the poison queue
+                    del held[m.id]
+                except AzureError as exc:
+                    report.delete_failed += 1
+                    log.warning("replayed, but could not delete it from the poison queue (%s): it stays there too", type(exc).__name__, extra=fields)
+            if progress is not None:
+                progress(report)
+    except AzureError as exc:
+        raise TransientError(f"replay stopped: storage failed ({type(exc).__name__}) after {len(report.replayed)} message(s)") from None
+    finally:
+        for message_id, receipt in held.items():  # visible again for everyone
+            try:
+                poison.update_message(message_id, receipt, visibility_timeout=0)
+            except AzureError:
+                pass  # it becomes visible when its lease ends anyway
+        report.duration = time.monotonic() - started
+    log.info(
+        "poison replay %s: %d replayed, %d left, %d unreadable, %d parked again during the replay",
+        "(dry run)" if dry_run else "done",
+        len(report.replayed),
+        report.left,
+        report.unreadable,
+        report.repeated,
+    )
+    return report

@@ -1,0 +1,196 @@
+"""The poison queue, filled the real way (permanent failures parked by the pipeline, exhausted
+retries moved by the host, unreadable messages), listed with its reasons and replayed."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+
+import pytest
+import requests
+
+from devtools.localhost import LocalHost
+from devtools.simulator import ElementSpec
+from shared import poison
+from shared.errors import TransientError
+
+FORM = ElementSpec(size=800)
+
+
+@pytest.fixture
+def rt(env):
+    from shared.runtime import get_runtime
+
+    runtime = get_runtime()
+    runtime.altinn.retry_sleep = lambda seconds: None  # injected 5xx are retried without waiting
+    return runtime
+
+
+def raw_queue(azurite, name):
+    from azure.storage.queue import QueueClient
+
+    return QueueClient.from_connection_string(azurite.connection_string, name)
+
+
+def raw_messages(azurite, name):
+    return [m.content for m in raw_queue(azurite, name).peek_messages(max_messages=32)]
+
+
+def deliver(host, sim, inst):
+    resp = requests.post(host.function_url("receive"), json=sim.cloud_event(inst), timeout=30)
+    assert resp.status_code == 202, resp.text
+
+
+@pytest.fixture
+def parked(host, sim, rt, azurite):
+    """Four poison messages: a 403 (pipeline, permanent), a 503 on /complete five times (moved by the
+    host), a message that is not ours (pipeline, unreadable) and one that is not base64 (host)."""
+    denied = sim.add_instance("ttd", "apps-test", [FORM])
+    sim.add_fault("instance", status=403, times=1, match=denied.instance_guid)
+    deliver(host, sim, denied)
+    exhausted = sim.add_instance("ttd", "apps-test", [FORM])
+    sim.add_fault("complete", status=503, times=100, match=exhausted.instance_guid)
+    deliver(host, sim, exhausted)
+    events = raw_queue(azurite, "altinn-events")
+    events.send_message(base64.b64encode(b'{"not": "ours"}').decode())
+    events.send_message("this is not base64 {")
+    assert host.wait_idle(timeout=60)
+    host.stop()  # from here on nothing consumes the main queue: what a replay writes stays visible
+    sim.clear_faults()
+    assert len(raw_messages(azurite, "altinn-events-poison")) == 4
+    return denied, exhausted
+
+
+def test_peek_lists_each_message_with_why_it_is_there(parked, rt):
+    denied, exhausted = parked
+    entries, count = poison.peek(rt)
+    assert count == 4
+    by_instance = {e.instance: e for e in entries}
+    d = by_instance[f"ttd/apps-test/{denied.id}"]
+    assert d.parked_by == "pipeline" and d.status == 403 and "access denied" in d.reason and d.event_id and d.via == "webhook"
+    x = by_instance[f"ttd/apps-test/{exhausted.id}"]
+    assert x.parked_by == "host" and x.reason == poison.HOST_REASON and x.status is None
+    unreadable = [e for e in entries if e.instance is None]
+    assert len(unreadable) == 2 and all(e.parked_by == "unreadable" for e in unreadable)
+    assert any("instance reference" in e.reason for e in unreadable)  # the pipeline's reason, kept
+    assert all(json.dumps(e.to_dict()) for e in entries)
+
+
+def test_replay_one_instance_strips_the_failure_and_leaves_the_rest_visible(parked, rt, azurite, sim, env, host_json, container):
+    denied, exhausted = parked
+    before = {poison.instance_key(poison.decode(c)): c for c in raw_messages(azurite, "altinn-events-poison")}
+
+    report = poison.replay(rt, instances=[denied.id])
+    assert [e.instance for e in report.replayed] == [f"ttd/apps-test/{denied.id}"]
+    assert report.left == 1 and report.unreadable == 2 and report.delete_failed == 0
+
+    main = raw_messages(azurite, "altinn-events")
+    assert len(main) == 1
+    doc = json.loads(base64.b64decode(main[0]))
+    original = poison.decode(before[f"ttd/apps-test/{denied.id}"])
+    assert "failure" not in doc and doc == {k: v for k, v in original.items() if k != "failure"}
+    # The others are back on the poison queue and visible at once (not held for the lease).
+    _, count = poison.peek(rt)
+    assert count == 3 and len(raw_messages(azurite, "altinn-events-poison")) == 3
+
+    # All the rest: the host-moved message goes back byte for byte; unreadable ones stay.
+    report = poison.replay(rt, instances=None)
+    assert [e.instance for e in report.replayed] == [f"ttd/apps-test/{exhausted.id}"] and report.unreadable == 2
+    main = raw_messages(azurite, "altinn-events")
+    assert before[f"ttd/apps-test/{exhausted.id}"] in main
+    assert len(raw_messages(azurite, "altinn-events-poison")) == 2
+
+    with LocalHost(__import__("function_app").app, connection_string=azurite.connection_string, host_json=host_json) as again:
+        assert again.wait_idle(timeout=60)
+    assert sorted(c[0] for c in sim.confirmations) == sorted([denied.id, exhausted.id])
+    assert len(raw_messages(azurite, "altinn-events-poison")) == 2  # the unreadable ones, untouched
+
+
+def test_dry_run_moves_nothing(parked, rt, azurite):
+    before = sorted(raw_messages(azurite, "altinn-events-poison"))
+    report = poison.replay(rt, instances=None, dry_run=True)
+    assert len(report.replayed) == 2 and report.dry_run
+    assert raw_messages(azurite, "altinn-events") == []
+    assert sorted(raw_messages(azurite, "altinn-events-poison")) == before  # all there, all visible
+
+
+def test_a_replay_that_fails_again_does_not_loop(host, sim, rt, azurite):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    sim.add_fault("instance", status=403, times=100, match=inst.instance_guid)  # the cause is not fixed
+    deliver(host, sim, inst)
+    assert host.wait_idle(timeout=30)
+    assert len(raw_messages(azurite, "altinn-events-poison")) == 1
+
+    def wait_for_it_to_fail_again(report):
+        # After the first batch: let the archive function take the replayed message and park it again.
+        deadline = time.monotonic() + 20
+        while report.repeated == 0 and time.monotonic() < deadline and host.stats["archive"]["poisoned"] + host.stats["archive"]["successes"] < 2:
+            time.sleep(0.02)
+
+    report = poison.replay(rt, instances=None, progress=wait_for_it_to_fail_again)
+    assert len(report.replayed) == 1 and report.repeated == 1
+    assert host.wait_idle(timeout=30)
+    assert len(raw_messages(azurite, "altinn-events-poison")) == 1  # parked again, once, for the next replay
+
+
+def test_a_failed_write_to_the_main_queue_keeps_the_message_on_the_poison_queue(rt, azurite, env):
+    # Plain JSON (not base64) just under the 64 KiB limit: replaying it means base64-encoding it,
+    # which Azure Storage refuses as too large. The write fails for real; nothing may be lost.
+    instance = {"org": "ttd", "app": "apps-test", "partyId": "50001", "instanceGuid": "428a4575-2c04-4400-89a3-1aaadd2579cd"}
+    doc = {"version": 1, "event": None, "instance": instance, "via": "webhook", "queuedAt": "2025-01-01T10:00:00Z", "pad": "x" * 55_000}
+    q = raw_queue(azurite, "altinn-events-poison")
+    q.send_message(json.dumps(doc))
+    with pytest.raises(TransientError, match="replay stopped"):
+        poison.replay(rt, instances=None)
+    assert raw_messages(azurite, "altinn-events") == []
+    assert [json.loads(c)["pad"] == doc["pad"] for c in raw_messages(azurite, "altinn-events-poison")] == [True]
+
+
+def test_selectors():
+    guid = "428a4575-2c04-4400-89a3-1aaadd2579cd"
+    assert poison.parse_selector(f"50001/{guid.upper()}") == f"50001/{guid}"
+    assert poison.parse_selector(f"/ttd/apps-test/50001/{guid}/") == f"ttd/apps-test/50001/{guid}"
+    for bad in ["50001", f"x/{guid}", "50001/not-a-guid", f"ttd/50001/{guid}"]:
+        with pytest.raises(ValueError):
+            poison.parse_selector(bad)
+
+
+# -- through the CLI ------------------------------------------------------------------------
+
+
+def cli(*args):
+    from shared.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = main(list(args), stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_cli_poison_and_replay(parked, rt, azurite):
+    denied, exhausted = parked
+    code, out, _ = cli("poison", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["count"] == 4 and len(doc["messages"]) == 4
+    assert {m["parkedBy"] for m in doc["messages"]} == {"pipeline", "host", "unreadable"}
+
+    code, out, _ = cli("poison")
+    assert code == 0 and "HTTP 403" in out and "about 4 message(s)" in out
+
+    code, out, err = cli("replay-poison", "--json")  # neither --all nor --instance
+    assert code == 2 and json.loads(out)["ok"] is False and "required" in err
+
+    code, out, err = cli("replay-poison", "--instance", "nonsense")
+    assert code == 2 and "not an instance" in err
+
+    code, out, _ = cli("replay-poison", "--instance", f"ttd/apps-test/{exhausted.id}", "--dry-run", "--json")
+    assert code == 0 and json.loads(out)["replayed"] == 1 and raw_messages(azurite, "altinn-events") == []
+
+    code, out, _ = cli("replay-poison", "--all", "--json")
+    doc = json.loads(out)
+    assert code == 0 and doc["replayed"] == 2 and doc["unreadable"] == 2 and doc["ok"]
+    assert len(raw_messages(azurite, "altinn-events")) == 2
+
+    code, out, _ = cli("replay-poison", "--instance", denied.id)
+    assert code == 0 and "would replay" not in out and "replayed 0" in out and "no poison message matched" in out
