@@ -84,6 +84,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_HOST_JSON = REPO_ROOT / "host.json"
 
 _MAX_RECEIVE = 32  # Storage queues hand out at most 32 messages per request
+# The Functions host refuses larger HTTP request bodies with 413 (its default maxRequestBodySize).
+MAX_REQUEST_BODY = 100 * 1024 * 1024
 
 
 # -- host.json ------------------------------------------------------------------------------
@@ -644,6 +646,10 @@ class _QueueListener:
 # -- HTTP -----------------------------------------------------------------------------------
 
 
+class _BodyTooLarge(ValueError):
+    """The request body is (or claims to be) larger than MAX_REQUEST_BODY."""
+
+
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True
     host: LocalHost
@@ -661,6 +667,10 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         try:
             body = self._read_body()
+        except _BodyTooLarge:
+            self.close_connection = True  # the rest of the body is not read
+            self._send(413, [], b"")
+            return
         except ValueError as exc:
             self._send(400, [("Content-Type", "text/plain")], str(exc).encode())
             self.close_connection = True
@@ -671,6 +681,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             chunks = []
+            total = 0
             while True:
                 size_line = self.rfile.readline(65537)
                 try:
@@ -681,6 +692,11 @@ class _Handler(BaseHTTPRequestHandler):
                     while self.rfile.readline(65537) not in (b"\r\n", b"\n", b""):
                         pass  # trailers
                     return b"".join(chunks)
+                if size < 0:
+                    raise ValueError("bad chunk size")
+                total += size
+                if total > MAX_REQUEST_BODY:  # never allocate what a header claims
+                    raise _BodyTooLarge
                 chunks.append(self.rfile.read(size))
                 self.rfile.readline(3)
         length = self.headers.get("Content-Length")
@@ -692,6 +708,8 @@ class _Handler(BaseHTTPRequestHandler):
             raise ValueError("bad Content-Length") from None
         if size < 0:
             raise ValueError("bad Content-Length")
+        if size > MAX_REQUEST_BODY:  # BufferedReader.read(n) allocates n bytes up front
+            raise _BodyTooLarge
         return self.rfile.read(size)
 
     def _send(self, status: int, headers: list[tuple[str, str]], body: bytes) -> None:

@@ -137,8 +137,11 @@ def parse_body(body: bytes) -> dict[str, Any]:
         raise
     except RecursionError:
         raise InvalidEvent("invalid_json", "the JSON is nested too deeply") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise InvalidEvent("invalid_json", f"the body is not valid JSON ({exc.msg} at {exc.pos})") from None
+    except ValueError:
+        # Not a JSONDecodeError: e.g. an integer longer than Python's int_max_str_digits (4300).
+        raise InvalidEvent("invalid_json", "the body is not valid JSON (a number is too long)") from None
     if not isinstance(data, dict):
         raise InvalidEvent("not_an_object", f"a CloudEvent must be a JSON object, not {type(data).__name__}")
     return data

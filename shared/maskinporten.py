@@ -183,16 +183,17 @@ class MaskinportenClient:
             error = ""
             try:
                 body = resp.json()
-                error = f": {str(body.get('error', ''))[:60]} {str(body.get('error_description', ''))[:200]}"
             except ValueError:
-                pass
+                body = None
+            if isinstance(body, dict):
+                error = f": {str(body.get('error', ''))[:60]} {str(body.get('error_description', ''))[:200]}"
             retry_after = _retry_after(resp)
             raise TransientError(f"Maskinporten refused the grant (HTTP {resp.status_code}{error})", status=resp.status_code, retry_after=retry_after)
         try:
             body = resp.json()
             token = body["access_token"]
             lifetime = float(body.get("expires_in", 120))
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, AttributeError):
             raise TransientError("Maskinporten answered without an access token") from None
         if not isinstance(token, str) or not token:
             raise TransientError("Maskinporten answered without an access token")

@@ -23,8 +23,10 @@ param alertEmailAddress string = ''
 
 param actionGroupName string
 
-// `contains` with the quotes: the exact queue name, case-insensitive.
-var poisonQuery = 'traces | where message has "MaxDequeueCount" and message contains "\'${poisonQueueName}\'"'
+// `contains` with the quotes: the exact queue name, case-insensitive. The second clause catches the
+// permanent failures (404, 403, unreadable message) that the archive function parks itself, at once,
+// with the log line "... moved to poison ..." (shared/pipeline.py).
+var poisonQuery = 'traces | where (message has "MaxDequeueCount" and message contains "\'${poisonQueueName}\'") or message has "moved to poison"'
 
 resource actionGroup 'Microsoft.Insights/actionGroups@2023-01-01' = if (!empty(alertEmailAddress)) {
   name: actionGroupName

@@ -674,3 +674,15 @@ def test_deploy_workflow_uses_oidc_and_remote_build() -> None:
     assert "azure-functions-core-tools@4" in text
     assert re.search(r"func azure functionapp publish \S+ --python --build remote", text)
     assert not re.search(r"client-secret|creds:|publish-profile", text), "OIDC only: no stored credentials"
+
+
+def test_poison_alert_matches_the_log_line_of_permanent_failures():
+    """The alert must fire for messages the pipeline parks itself, not only for the host's moves."""
+    import inspect
+
+    from shared import pipeline
+
+    alerts = (Path(__file__).resolve().parents[2] / "infra" / "app" / "alerts.bicep").read_text()
+    source = inspect.getsource(pipeline.handle_message)
+    assert 'message has "moved to poison"' in alerts
+    assert source.count("moved to poison") >= 2  # unreadable and permanent failures both log it
