@@ -75,7 +75,7 @@ def test_webhook_answers_503_while_the_queue_is_unreachable_then_accepts_the_ret
     took = time.monotonic() - started
     assert resp.status_code == 503, resp.text
     assert resp.headers["Content-Type"].startswith("application/problem+json") and resp.json()["code"] == "queue_unavailable"
-    assert took < 30, f"the webhook took {took:.1f} s; Altinn gives up after 45 s"
+    assert took < 45, f"the webhook took {took:.1f} s; Altinn gives up after 45 s"  # a contract, not a speed figure
     assert queue_length(events) == 0 and sim.calls["instance"] == 0
 
     queue.up()  # Altinn retries the same event (after 10 s, 30 s, ...): now it is stored
