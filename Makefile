@@ -26,7 +26,15 @@ lint: $(VENV)/.installed
 check-infra:
 	bash devtools/check_infra.sh
 
-ci: lint test check-infra
+## bench: the benchmarks of bench/ against baselines measured in the same run (under 10 minutes); writes bench/results.md
+bench: $(VENV)/.installed node_modules/.installed
+	$(PY) -m bench
+
+## bench-quick: the same with reduced sizes (under 2 minutes; CI runs it so it cannot rot)
+bench-quick: $(VENV)/.installed node_modules/.installed
+	$(PY) -m bench --quick
+
+ci: lint test bench-quick check-infra
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -659,6 +659,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server_version = "LocalHost"
     timeout = 120  # idle keep-alive connections end after this
+    disable_nagle_algorithm = True  # like the real host: no 40 ms delayed-ACK stall per response
     server: _HttpServer
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002

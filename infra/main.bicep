@@ -139,7 +139,7 @@ param archiveParallelDownloads int = 4
 @description('ARCHIVE_BLOCK_SIZE_MIB: block size (MiB) of streamed blob uploads.')
 @minValue(1)
 @maxValue(100)
-param archiveBlockSizeMiB int = 4
+param archiveBlockSizeMiB int = 8
 
 @description('CATCHUP_SCHEDULE: NCRONTAB (6 fields, UTC) of the catch-up timer. Default: hourly at minute 7.')
 param catchupSchedule string = '0 7 * * * *'

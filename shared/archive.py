@@ -20,7 +20,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 MANIFEST = "manifest.json"
 INSTANCE = "instance.json"
 MANIFEST_VERSION = 1
-READ_CHUNK = 1024 * 1024
 
 
 def data_blob_name(ref: InstanceRef, element_id: str) -> str:
@@ -130,44 +129,40 @@ def _storage_error(what: str, exc: Exception) -> TransientError:
 
 
 class _Hashing:
-    """Reads a requests response in chunks, counting and hashing every byte."""
+    """Reads a requests response block by block, counting and hashing every byte.
+
+    Each block is one ``urllib3`` read straight into a buffer of the block's size: no chunk list
+    to join, so a block costs its own size in memory and one copy from the socket.
+    """
 
     def __init__(self, response: Any) -> None:
-        self._chunks: Iterator[bytes] = response.iter_content(chunk_size=READ_CHUNK)
-        self._pending = b""
+        self._raw = response.raw
         self.sha = hashlib.sha256()
         self.count = 0
 
     def read_block(self, size: int) -> bytes:
         """Up to ``size`` bytes; fewer only at the end of the body."""
+        if size <= 0:
+            return b""
         import requests
         import urllib3
 
-        parts = [self._pending] if self._pending else []
-        have = len(self._pending)
-        self._pending = b""
         try:
-            while have < size:
-                chunk = next(self._chunks, None)
-                if chunk is None:
-                    break
-                parts.append(chunk)
-                have += len(chunk)
+            data = self._raw.read(size, decode_content=True)
         except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise TransientError(f"download interrupted ({type(exc).__name__})") from None
-        data = b"".join(parts)
-        if len(data) > size:
-            data, self._pending = data[:size], data[size:]
         self.sha.update(data)
         self.count += len(data)
         return data
 
 
 class Archive:
-    def __init__(self, container: ContainerClient, *, block_size: int = 4 * 1024 * 1024, upload_concurrency: int = 2) -> None:
+    def __init__(self, container: ContainerClient, *, block_size: int = 8 * 1024 * 1024, upload_concurrency: int = 2) -> None:
         self.container = container
         self.block_size = block_size
         self.upload_concurrency = upload_concurrency
+        # Below this an element goes in one Put Blob; the block path holds as much memory anyway.
+        self.single_put_max = block_size * (upload_concurrency + 1)
         self._blocks = ThreadPoolExecutor(max_workers=16, thread_name_prefix="blob-block")
         self._container_ready = False
 
@@ -276,13 +271,26 @@ class Archive:
             return meta
 
         settings = ContentSettings(content_type=content_type, content_disposition=content_disposition(filename))
+        # An element announced smaller than single_put_max (what the block path holds anyway) is
+        # read into one buffer and sent in one Put Blob: one request instead of blocks + commit, and
+        # the service computes the blob's MD5 itself. Anything else streams block by block.
+        announced = int(header_length) if header_length is not None and not encoded and header_length.isdigit() else expected
         try:
-            first = reader.read_block(self.block_size)
-            if len(first) < self.block_size:
-                sha = verify()
-                blob.upload_blob(first, overwrite=True, content_settings=settings, metadata=metadata(sha), length=len(first))
+            if isinstance(announced, int) and 0 <= announced < self.single_put_max:
+                blocks = [reader.read_block(announced)]  # one buffer of the announced size
+                if more := reader.read_block(self.block_size):  # longer than announced: stream it as blocks
+                    blocks.append(more)
+                ended = len(blocks) == 1
             else:
-                sha = self._upload_blocks(blob, reader, first, verify, settings, metadata)
+                blocks = [reader.read_block(self.block_size)]
+                ended = len(blocks[0]) < self.block_size
+            if ended:  # the whole element is in one buffer
+                data = blocks[0]
+                blocks.clear()
+                sha = verify()
+                blob.upload_blob(data, overwrite=True, content_settings=settings, metadata=metadata(sha), length=len(data))
+            else:
+                sha = self._upload_blocks(blob, reader, blocks, verify, settings, metadata)
         except AzureError as exc:
             raise _storage_error(f"write data element {element_id}", exc) from None
         finally:
@@ -298,19 +306,18 @@ class Archive:
             file_scan_result=element.get("fileScanResult"),
         )
 
-    def _upload_blocks(self, blob: Any, reader: _Hashing, first: bytes, verify: Any, settings: Any, metadata: Any) -> str:
+    def _upload_blocks(self, blob: Any, reader: _Hashing, blocks: list[bytes], verify: Any, settings: Any, metadata: Any) -> str:
+        """Stage ``blocks`` (read ahead), then the rest of the body, ``upload_concurrency`` at a time."""
         attempt = uuid.uuid4().hex[:12]  # block ids unique per attempt: two writers never mix blocks
         ids: list[str] = []
         pending: list[Future[Any]] = []
-        block = first
         try:
-            while block:
+            while block := (blocks.pop(0) if blocks else reader.read_block(self.block_size)):
                 block_id = f"{attempt}-{len(ids):08d}"
                 ids.append(block_id)
-                pending.append(self._blocks.submit(blob.stage_block, block_id, block, length=len(block)))
+                pending.append(self._blocks.submit(blob.stage_block, block_id, block, length=len(block), validate_content=True))
                 while len(pending) >= self.upload_concurrency:
                     pending.pop(0).result()
-                block = reader.read_block(self.block_size)
             for future in pending:
                 future.result()
         except BaseException:

@@ -133,7 +133,7 @@ class Settings:
     archive_container: str
     storage: StorageConfig = field(repr=False)
     parallel_downloads: int = 4
-    block_size: int = 4 * 1024 * 1024
+    block_size: int = 8 * 1024 * 1024
     catchup_schedule: str = DEFAULT_CATCHUP_SCHEDULE
     catchup_max_instances: int = DEFAULT_CATCHUP_MAX_INSTANCES
     catchup_time_budget: float = DEFAULT_CATCHUP_TIME_BUDGET
@@ -320,7 +320,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         archive_container=container,
         storage=_storage(env),
         parallel_downloads=_parse_int(ARCHIVE_PARALLEL_DOWNLOADS, env.get(ARCHIVE_PARALLEL_DOWNLOADS), 4, 1, 32),
-        block_size=_parse_int(ARCHIVE_BLOCK_SIZE_MIB, env.get(ARCHIVE_BLOCK_SIZE_MIB), 4, 1, 100) * 1024 * 1024,
+        block_size=_parse_int(ARCHIVE_BLOCK_SIZE_MIB, env.get(ARCHIVE_BLOCK_SIZE_MIB), 8, 1, 100) * 1024 * 1024,
         catchup_schedule=_parse_schedule(env.get(CATCHUP_SCHEDULE)),
         catchup_max_instances=_parse_int(CATCHUP_MAX_INSTANCES, env.get(CATCHUP_MAX_INSTANCES), DEFAULT_CATCHUP_MAX_INSTANCES, 1, 100_000),
         catchup_time_budget=_parse_int(
@@ -335,7 +335,10 @@ _cached: tuple[tuple, Settings] | None = None
 
 def _snapshot() -> tuple:
     env = os.environ
-    storage = tuple(sorted((k, v) for k, v in env.items() if k.startswith(STORAGE + "__")))
+    prefix = STORAGE + "__"
+    # Keys first, values only for the matches: os.environ decodes every value it iterates, and
+    # this runs on every invocation (a Functions worker has well over a hundred variables).
+    storage = tuple(sorted((k, env[k]) for k in env if k.startswith(prefix)))
     return tuple(env.get(n) for n in SETTING_NAMES) + storage
 
 
