@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         "[1] and [2] run from the start of the local host, with the messages already queued (a filing-deadline backlog), to the last "
         "/complete the simulator saw; rounds alternate which side goes first.",
         "[3] counts the benchmark process only; each memory probe of [4] is a process of its own and makes its own one grant and one exchange.",
-        "[5] through the host: the benchmark sets TCP_NODELAY on the local host's HTTP handler for both functions. The local host leaves "
-        "Nagle's algorithm on, so any response with a body waits ~40 ms for the client's delayed ACK; the real host (Kestrel) sets TCP_NODELAY.",
+        "[5] through the host: the local host sets TCP_NODELAY like the real host (Kestrel); with Nagle's algorithm on, any response with a "
+        "body would wait ~40 ms for the client's delayed ACK.",
         "What bounds the figures here: Azurite is one node process that fdatasyncs every write and, for a Put Block without Content-MD5, "
         "computes a CRC64 in JavaScript; each storage request costs it about a millisecond of CPU, and about as much again in the Azure SDK "
         "on our side, on a machine with two cores for everything. [2] is bound by requests per instance (5 blob + 3 Altinn + the queue's "
