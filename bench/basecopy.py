@@ -12,14 +12,13 @@ from __future__ import annotations
 import json
 import os
 import sys
-import threading
-import time
 
 
 def main(argv: list[str]) -> int:
-    import psutil
     import requests
     from azure.storage.blob import ContainerClient
+
+    from devtools.memprobe import measure_peak
 
     conn, container_name, warm, target = argv
     token = os.environ["BENCH_TOKEN"]
@@ -35,25 +34,8 @@ def main(argv: list[str]) -> int:
         return int(size)
 
     copy(warm, "basecopy/warm")
-    proc = psutil.Process()
-    baseline = peak = proc.memory_info().rss
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc.memory_info().rss)
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    copied = copy(target, "basecopy/big")
-    seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    peak = max(peak, proc.memory_info().rss)
-    print(json.dumps({"baseline": baseline, "peak": peak, "growth": peak - baseline, "seconds": seconds, "bytes": copied}))
+    copied, figures = measure_peak(lambda: copy(target, "basecopy/big"))
+    print(json.dumps(figures | {"bytes": copied}))
     return 0
 
 

@@ -26,16 +26,6 @@ MIB = 1024 * 1024
 MB = 1000 * 1000
 
 
-def key_pair() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 def host_json() -> dict[str, Any]:
     return json.loads((ROOT / "host.json").read_text())
 
@@ -120,9 +110,10 @@ class World:
 
         from bench.simproc import CLIENT_ID, KID, SimProcess
         from devtools.azurite import Azurite
+        from devtools.simulator import generate_client_key
 
         world = cls(quick=quick, seed=seed)
-        private, public = key_pair()
+        private, public = generate_client_key()
         world.private_pem = private
         try:
             world.azurite = Azurite().start()

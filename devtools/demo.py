@@ -21,16 +21,6 @@ from typing import Any
 MIB = 1024 * 1024
 
 
-def _key_pair() -> tuple[str, str]:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import rsa
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
-    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    return private, public
-
-
 def _say(text: str) -> None:
     print(text, flush=True)
 
@@ -41,10 +31,10 @@ def run() -> int:
     import function_app
     from devtools.azurite import Azurite
     from devtools.localhost import LocalHost
-    from devtools.simulator import ElementSpec, Simulator
+    from devtools.simulator import ElementSpec, Simulator, generate_client_key
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    private_pem, public_pem = _key_pair()
+    private_pem, public_pem = generate_client_key()
     with Azurite() as azurite, Simulator() as sim:
         sim.register_client("demo-client", public_key_pem=public_pem, kid="demo-kid", org="ttd")
         os.environ.update(

@@ -14,11 +14,41 @@ import argparse
 import json
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def measure_peak(work: Callable[[], T], *, interval: float = 0.005) -> tuple[T, dict[str, float]]:
+    """Run ``work`` while a thread samples this process's RSS; returns its result and the figures
+    ``baseline`` (RSS before), ``peak``, ``growth`` (bytes) and ``seconds``."""
+    import psutil
+
+    proc = psutil.Process()
+    baseline = peak = proc.memory_info().rss
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, proc.memory_info().rss)
+            time.sleep(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        result = work()
+    finally:
+        seconds = time.perf_counter() - started
+        done.set()
+        sampler.join()
+    peak = max(peak, proc.memory_info().rss)
+    return result, {"baseline": baseline, "peak": peak, "growth": peak - baseline, "seconds": seconds}
 
 
 def main(argv: list[str] | None = None) -> int:
-    import psutil
-
     from shared.events import InstanceRef
     from shared.pipeline import archive_instance
     from shared.runtime import get_runtime
@@ -30,28 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     org, app = args.app.split("/", 1)
     rt = get_runtime()
-    proc = psutil.Process()
     if args.warmup:
         archive_instance(rt, InstanceRef.parse(org, app, args.warmup))
-    baseline = proc.memory_info().rss
-    peak = baseline
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            peak = max(peak, proc.memory_info().rss)
-            time.sleep(0.005)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    started = time.perf_counter()
-    result = archive_instance(rt, InstanceRef.parse(org, app, args.instance))
-    seconds = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    peak = max(peak, proc.memory_info().rss)
-    print(json.dumps({"baseline": baseline, "peak": peak, "growth": peak - baseline, "seconds": seconds, "bytes": result.bytes, "outcome": result.outcome}))
+    result, figures = measure_peak(lambda: archive_instance(rt, InstanceRef.parse(org, app, args.instance)))
+    print(json.dumps(figures | {"bytes": result.bytes, "outcome": result.outcome}))
     return 0
 
 

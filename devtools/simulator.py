@@ -415,6 +415,19 @@ _ALTINN_KEY_LOCK = threading.Lock()
 _ALTINN_KEY: list[rsa.RSAPrivateKey] = []
 
 
+def generate_client_key() -> tuple[str, str]:
+    """A fresh RSA key pair for a simulated Maskinporten client: ``(private PEM, public PEM)``.
+
+    Made at run time: no key material is ever committed.
+    """
+    from cryptography.hazmat.primitives import serialization
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    return private, public
+
+
 def _altinn_signing_key() -> rsa.RSAPrivateKey:
     """The key Altinn tokens are signed with: one per process, made on first use."""
     with _ALTINN_KEY_LOCK:

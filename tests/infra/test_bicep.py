@@ -219,16 +219,8 @@ def _functions() -> list[dict[str, Any]]:
 
 
 def _index(app: Any) -> list[dict[str, Any]]:
-    # FunctionApp.get_functions() (azure-functions 1.26) refuses a second call on the same app: it
-    # remembers the names it validated. Validate from scratch and leave the app as found.
-    saved = getattr(app, "functions_bindings", None)
-    app.functions_bindings = None
-    try:
-        functions = app.get_functions()
-    finally:
-        app.functions_bindings = saved
     out = []
-    for fn in functions:
+    for fn in app.get_functions():  # function_app's app allows repeated calls (see _FunctionApp)
         bindings = [{k: getattr(v, "value", v) for k, v in b.get_dict_repr().items()} for b in fn.get_bindings()]
         out.append({"name": fn.get_function_name(), "bindings": bindings})
     return out
