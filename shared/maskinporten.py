@@ -104,10 +104,10 @@ def build_grant(settings: Settings, signing_key: SigningKey, *, now: float | Non
         "jti": str(uuid.uuid4()),
     }
     headers: dict[str, Any] = {}
-    if signing_key.x5c:
-        headers["x5c"] = list(signing_key.x5c)
-    elif signing_key.kid:
+    if signing_key.kid:  # a key registered on the client
         headers["kid"] = signing_key.kid
+    if signing_key.x5c:  # the business certificate chain, leaf first
+        headers["x5c"] = list(signing_key.x5c)
     return jwt.encode(claims, signing_key.key, algorithm="RS256", headers=headers)
 
 
