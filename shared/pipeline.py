@@ -187,7 +187,8 @@ def handle_message(body: bytes | str, *, dequeue_count: int | None = None, max_d
         ref, message = events.parse_message(body)
     except ValueError as exc:
         log.error("unreadable queue message; moved to poison", extra={"dequeue_count": dequeue_count, "outcome": "permanent-failure"})
-        send_to_poison(rt, raw[:60000], str(exc), status=None, dequeue_count=dequeue_count)
+        # Keep the unreadable text (bounded: JSON escaping and base64 must stay under the 64 KiB message limit).
+        send_to_poison(rt, raw[:8000], str(exc), status=None, dequeue_count=dequeue_count)
         telemetry.record_failure("unreadable")
         return Result("permanent-failure", None, reason=str(exc))
     event_id = (message.get("event") or {}).get("id")
