@@ -20,7 +20,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError, UntrustedHostError
 from shared.events import InstanceRef
-from shared.maskinporten import MaskinportenClient, TokenCache, _retry_after
+from shared.maskinporten import MaskinportenClient, TokenCache, retry_after_seconds
 
 if TYPE_CHECKING:
     import requests
@@ -85,7 +85,7 @@ class AltinnClient:
                 self.maskinporten.cache.invalidate(mp_token)
                 continue
             if resp.status_code != 200:
-                raise TransientError(f"Altinn token exchange failed (HTTP {resp.status_code})", status=resp.status_code, retry_after=_retry_after(resp))
+                raise TransientError(f"Altinn token exchange failed (HTTP {resp.status_code})", status=resp.status_code, retry_after=retry_after_seconds(resp))
             token = resp.text.strip().strip('"')
             if not token:
                 raise TransientError("Altinn token exchange returned no token")
@@ -145,7 +145,7 @@ class AltinnClient:
             if status == 403:
                 raise PermanentError(f"{what}: access denied by Altinn (HTTP 403)", status=status)
             if status in RETRY_STATUSES or status == 401:
-                wait = _retry_after(resp)
+                wait = retry_after_seconds(resp)
                 if attempt < attempts and (wait is None or wait <= MAX_RETRY_AFTER):
                     self.retry_sleep(wait if wait is not None else 0.25 * 2**attempt)
                     continue

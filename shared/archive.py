@@ -190,9 +190,6 @@ class Archive:
             raise _storage_error("list archive", exc) from None
         return state
 
-    def read_json(self, name: str) -> Any:
-        return json.loads(self.container.get_blob_client(name).download_blob().readall())
-
     # -- writing --------------------------------------------------------------------------------
 
     def ensure_container(self) -> None:

@@ -15,6 +15,8 @@ and the archive function rebuilds every URL from the configured hosts.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import re
 from collections.abc import Mapping
@@ -245,9 +247,6 @@ def parse_message(body: bytes | str) -> tuple[InstanceRef, dict[str, Any]]:
     try:
         data = json.loads(body)
     except ValueError:
-        import base64
-        import binascii
-
         try:
             data = json.loads(base64.b64decode(body, validate=True).decode("utf-8"))
         except (binascii.Error, ValueError):

@@ -124,7 +124,6 @@ class TokenCache:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
-        self.fetches = 0
 
     def get(self) -> str:
         token, refresh_at = self._token, self._refresh_at
@@ -137,7 +136,6 @@ class TokenCache:
             token, expires_at = self._fetch()
             lifetime = max(0.0, expires_at - now)
             self._token, self._refresh_at = token, expires_at - min(self._margin, lifetime * 0.1)
-            self.fetches += 1
             return token
 
     def invalidate(self, token: str | None = None) -> None:
@@ -187,7 +185,7 @@ class MaskinportenClient:
                 body = None
             if isinstance(body, dict):
                 error = f": {str(body.get('error', ''))[:60]} {str(body.get('error_description', ''))[:200]}"
-            retry_after = _retry_after(resp)
+            retry_after = retry_after_seconds(resp)
             raise TransientError(f"Maskinporten refused the grant (HTTP {resp.status_code}{error})", status=resp.status_code, retry_after=retry_after)
         try:
             body = resp.json()
@@ -201,7 +199,8 @@ class MaskinportenClient:
         return token, started + lifetime
 
 
-def _retry_after(resp: requests.Response) -> float | None:
+def retry_after_seconds(resp: requests.Response) -> float | None:
+    """The ``Retry-After`` header in seconds (delta form), or None."""
     value = resp.headers.get("Retry-After")
     if value is None:
         return None
