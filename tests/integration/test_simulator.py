@@ -1,4 +1,10 @@
-"""The Altinn + Maskinporten simulator, exercised over real sockets with requests."""
+"""The Altinn + Maskinporten simulator, exercised over real sockets with requests.
+
+Maskinporten, the exchange, authorization, the storage API's shapes, data, faults, /complete, the query and
+subscriptions; the behaviours copied from Altinn's code (two origins, app metadata, the app API's DTO and
+form re-serialization, substatus, keyset paging, validation retries, loaded documents) are pinned in
+test_simulator_altinn.py.
+"""
 
 from __future__ import annotations
 
@@ -296,30 +302,33 @@ def test_exchange_can_answer_json_quoted(keys: Keys) -> None:
         body = altinn_token(sim, keys)
         assert body.startswith('"') and body.endswith('"')
         inst = sim.add_instance("ttd", "app")
-        assert session(json.loads(body)).get(inst.app_url, timeout=10).status_code == 200
+        assert session(json.loads(body)).get(inst.platform_url, timeout=10).status_code == 200
 
 
 def test_api_requires_an_altinn_token(sim: Simulator, keys: Keys) -> None:
     inst = sim.add_instance("ttd", "app")
-    element = inst.elements[0]
+    element_id = inst.elements[0]["id"]
     mp = grant(sim, assertion(sim, keys.key)).json()["access_token"]
     for token in (None, "garbage", mp):
         s = session(token)
         responses = [
             s.get(inst.app_url, timeout=10),
             s.get(inst.platform_url, timeout=10),
-            s.get(element["selfLinks"]["apps"], timeout=10),
+            s.get(inst.data_url(element_id), timeout=10),
+            s.get(inst.app_data_url(element_id), timeout=10),
+            s.post(inst.platform_url + "/complete", timeout=10),
             s.post(inst.app_url + "/complete", timeout=10),
+            s.put(inst.platform_url + "/substatus", json={"label": "x"}, timeout=10),
             s.get(sim.url + "/storage/api/v1/instances?org=ttd", timeout=10),
             s.get(sim.url + "/events/api/v1/subscriptions", timeout=10),
         ]
-        assert [(r.status_code, r.content) for r in responses] == [(401, b"")] * 6
+        assert [(r.status_code, r.content) for r in responses] == [(401, b"")] * 9
     s = session(altinn_token(sim, keys))
-    assert s.get(inst.app_url, timeout=10).status_code == 200
+    assert s.get(inst.platform_url, timeout=10).status_code == 200
     sim.expire_altinn_tokens()
-    assert s.get(inst.app_url, timeout=10).status_code == 401
-    assert session(altinn_token(sim, keys)).get(inst.app_url, timeout=10).status_code == 200
-    assert sim.confirmations == []
+    assert s.get(inst.platform_url, timeout=10).status_code == 401
+    assert session(altinn_token(sim, keys)).get(inst.platform_url, timeout=10).status_code == 200
+    assert sim.confirmations == [] and inst.substatus is None
 
 
 def test_altinn_token_expires(keys: Keys) -> None:
@@ -328,9 +337,9 @@ def test_altinn_token_expires(keys: Keys) -> None:
         inst = sim.add_instance("ttd", "app")
         s = session(altinn_token(sim, keys))
         issued = time.time()
-        assert s.get(inst.app_url, timeout=10).status_code == 200
+        assert s.get(inst.platform_url, timeout=10).status_code == 200
         time.sleep(max(0.0, issued + 1.05 - time.time()))
-        assert s.get(inst.app_url, timeout=10).status_code == 401
+        assert s.get(inst.platform_url, timeout=10).status_code == 401
 
 
 def test_api_checks_org_and_scope(sim: Simulator, keys: Keys) -> None:
@@ -343,27 +352,38 @@ def test_api_checks_org_and_scope(sim: Simulator, keys: Keys) -> None:
         skd.get(inst.platform_url, timeout=10),
         skd.get(inst.elements[0]["selfLinks"]["platform"], timeout=10),
         skd.post(inst.platform_url + "/complete", timeout=10),
-        skd.get(sim.url + "/storage/api/v1/instances?org=ttd", timeout=10),
+        skd.post(inst.app_url + "/complete", timeout=10),
+        skd.put(inst.platform_url + "/substatus", json={"label": "x"}, timeout=10),
         skd.get(sim.url + "/storage/api/v1/instances?appId=ttd/app", timeout=10),
     ]
-    assert [r.status_code for r in responses] == [403] * 6
+    assert [r.status_code for r in responses] == [403] * 7
+    # Another org's query without appId: storage wants the appId for its cross-org policy check (400).
+    assert skd.get(sim.url + "/storage/api/v1/instances?org=ttd", timeout=10).status_code == 400
     reader = session(altinn_token(sim, keys, iss="reader", kid="k-read", scope=READ))
+    assert reader.get(inst.platform_url, timeout=10).status_code == 200
     assert reader.get(inst.app_url, timeout=10).status_code == 200
+    assert reader.post(inst.platform_url + "/complete", timeout=10).status_code == 403
     assert reader.post(inst.app_url + "/complete", timeout=10).status_code == 403
-    assert sim.confirmations == [] and inst.confirmed_by == []
+    assert sim.confirmations == [] and inst.confirmed_by == [] and inst.substatus is None
 
 
 def test_unknown_removed_and_mismatched_resources_are_404(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app")
-    element_url = inst.elements[0]["selfLinks"]["apps"]
+    element_id = inst.elements[0]["id"]
     assert http.get(inst.app_url, timeout=10).status_code == 200
-    assert http.get(f"{sim.url}/ttd/other-app/instances/{inst.id}", timeout=10).status_code == 404
+    assert http.get(f"{sim.apps_url}/ttd/other-app/instances/{inst.id}", timeout=10).status_code == 404
     assert http.get(f"{inst.app_url}/data/{uuid.uuid4()}", timeout=10).status_code == 404
+    assert http.get(f"{inst.platform_url}/data/{uuid.uuid4()}", timeout=10).status_code == 404
     assert http.get(f"{sim.url}/storage/api/v1/instances/{inst.party_id}/{uuid.uuid4()}", timeout=10).status_code == 404
+    assert http.get(f"{sim.url}/storage/api/v1/instances/{inst.party_id}/not-a-guid", timeout=10).status_code == 404
     assert http.get(f"{sim.url}/nothing/here", timeout=10).status_code == 404
+    assert http.get(f"{sim.apps_url}/nothing/here", timeout=10).status_code == 404
     sim.remove_instance(inst)
-    assert [http.get(u, timeout=10).status_code for u in (inst.app_url, inst.platform_url, element_url)] == [404] * 3
+    urls = (inst.app_url, inst.platform_url, inst.data_url(element_id), inst.app_data_url(element_id))
+    assert [http.get(u, timeout=10).status_code for u in urls] == [404] * 4
     assert http.post(inst.app_url + "/complete", timeout=10).status_code == 404
+    # Storage's complete policy check cannot enrich an unknown instance: the PDP denies it.
+    assert http.post(inst.platform_url + "/complete", timeout=10).status_code == 403
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,27 +396,29 @@ def test_instance_json_shapes(sim: Simulator, http: requests.Session) -> None:
         "ttd", "app", [ElementSpec(), ElementSpec("vedlegg", "application/pdf", 1234, "a.pdf", "Pending")], party_id="50660768", instance_guid=guid
     )
     assert inst.instance_guid == guid.lower() and inst.id == f"50660768/{guid.lower()}"
-    app_doc = http.get(inst.app_url, timeout=10).json()
-    assert app_doc == inst.to_json()
-    assert app_doc["appId"] == "ttd/app" and app_doc["org"] == "ttd" and app_doc["instanceOwner"]["partyId"] == "50660768"
-    assert app_doc["selfLinks"] == {"apps": f"{sim.url}/ttd/app/instances/{inst.id}", "platform": f"{sim.url}/storage/api/v1/instances/{inst.id}"}
-    assert app_doc["process"]["endEvent"] == "EndEvent_1" and app_doc["status"]["isHardDeleted"] is False
-    assert app_doc["data"][0]["filename"] is None and app_doc["completeConfirmations"] is None
-    assert [d["size"] for d in app_doc["data"]] == [400, 1234] and app_doc["data"][1]["fileScanResult"] == "Pending"
-    storage_doc = http.get(inst.platform_url, timeout=10).json()
-    assert "filename" not in storage_doc["data"][0] and "completeConfirmations" not in storage_doc and storage_doc["id"] == inst.id
+    assert inst.platform_url == f"{sim.url}/storage/api/v1/instances/{inst.id}" and inst.app_url == f"{sim.apps_url}/ttd/app/instances/{inst.id}"
+    doc = http.get(inst.platform_url, timeout=10).json()
+    assert doc == inst.to_json(omit_nulls=True)
+    assert doc["appId"] == "ttd/app" and doc["org"] == "ttd" and doc["instanceOwner"] == {"partyId": "50660768"}
+    # Storage sets only the platform links; it never stores an apps link.
+    assert doc["selfLinks"] == {"platform": inst.platform_url}
+    assert doc["data"][0]["selfLinks"] == {"platform": inst.data_url(doc["data"][0]["id"])}
+    assert doc["process"]["endEvent"] == "EndEvent_1" and doc["status"]["isHardDeleted"] is False and doc["status"]["readStatus"] == "Read"
+    assert "filename" not in doc["data"][0] and "completeConfirmations" not in doc and "dueBefore" not in doc
+    assert [d["size"] for d in doc["data"]] == [400, 1234] and doc["data"][1]["fileScanResult"] == "Pending"
+    assert doc["data"][0]["blobStoragePath"] == f"ttd/app/{inst.instance_guid}/data/{doc['data'][0]['id']}"
     sim.set_scan_result(inst, inst.elements[1]["id"], "Clean")
-    assert http.get(inst.app_url, timeout=10).json()["data"][1]["fileScanResult"] == "Clean"
+    assert http.get(inst.platform_url, timeout=10).json()["data"][1]["fileScanResult"] == "Clean"
     running = sim.add_instance("ttd", "app", process_ended=False)
-    doc = http.get(running.app_url, timeout=10).json()
-    assert "ended" not in doc["process"] and doc["process"]["currentTask"]["elementId"] == "Task_1"
+    doc = http.get(running.platform_url, timeout=10).json()
+    assert "ended" not in doc["process"] and doc["process"]["currentTask"]["elementId"] == "Task_1" and doc["status"]["isArchived"] is False
 
 
 def test_metadata_can_disagree_with_the_body(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app")
     inst.elements[0]["size"] = 999
-    assert http.get(inst.app_url, timeout=10).json()["data"][0]["size"] == 999
-    body = http.get(inst.elements[0]["selfLinks"]["apps"], timeout=10)
+    assert http.get(inst.platform_url, timeout=10).json()["data"][0]["size"] == 999
+    body = http.get(inst.data_url(inst.elements[0]["id"]), timeout=10)
     assert body.headers["Content-Length"] == "400" and len(body.content) == 400
 
 
@@ -404,8 +426,9 @@ def test_metadata_can_disagree_with_the_body(sim: Simulator, http: requests.Sess
 def test_data_streams_the_expected_content(sim: Simulator, http: requests.Session, size: int) -> None:
     inst = sim.add_instance("ttd", "app", [ElementSpec("vedlegg", "application/octet-stream", size)])
     element = inst.elements[0]
-    for link in ("apps", "platform"):
-        response = http.get(element["selfLinks"][link], timeout=10)
+    # An attachment (no appLogic.classRef) is the stored bytes on both APIs.
+    for url in (inst.data_url(element["id"]), inst.app_data_url(element["id"])):
+        response = http.get(url, timeout=10)
         assert response.status_code == 200
         assert response.headers["Content-Length"] == str(size) and len(response.content) == size
         assert response.headers["Content-Type"] == "application/octet-stream" and "Content-Disposition" not in response.headers
@@ -428,7 +451,7 @@ def test_content_is_deterministic_per_seed_and_varies_per_chunk(keys: Keys) -> N
 def test_content_disposition_carries_the_filename(sim: Simulator, http: requests.Session) -> None:
     name = 'Søknad "2024" – vedlegg.pdf'
     inst = sim.add_instance("ttd", "app", [ElementSpec("vedlegg", "application/pdf", 10, name)])
-    disposition = http.get(inst.elements[0]["selfLinks"]["apps"], timeout=10).headers["Content-Disposition"]
+    disposition = http.get(inst.data_url(inst.elements[0]["id"]), timeout=10).headers["Content-Disposition"]
     assert disposition == "attachment; filename=\"S_knad _2024_ _ vedlegg.pdf\"; filename*=UTF-8''S%C3%B8knad%20%222024%22%20%E2%80%93%20vedlegg.pdf"
 
 
@@ -440,7 +463,7 @@ def test_large_element_streams_in_constant_memory(sim: Simulator, http: requests
     gc.collect()
     baseline = peak = process.memory_info().rss
     digest, received = hashlib.sha256(), 0
-    with http.get(inst.elements[0]["selfLinks"]["apps"], stream=True, timeout=30) as response:
+    with http.get(inst.data_url(element_id), stream=True, timeout=30) as response:
         assert response.headers["Content-Length"] == str(size)
         for i, chunk in enumerate(response.iter_content(1 << 20)):
             digest.update(chunk)
@@ -459,7 +482,7 @@ def test_large_element_streams_in_constant_memory(sim: Simulator, http: requests
 def test_status_fault_with_retry_after_hits_times_requests(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app")
     sim.add_fault("instance", status=503, retry_after=7, times=2)
-    responses = [http.get(inst.app_url, timeout=10) for _ in range(3)]
+    responses = [http.get(inst.platform_url, timeout=10) for _ in range(3)]
     assert [r.status_code for r in responses] == [503, 503, 200]
     assert responses[0].headers["Retry-After"] == "7" and responses[0].content == b""
     assert sim.calls["instance"] == 3
@@ -480,8 +503,8 @@ def test_delay_fault_triggers_client_timeout(sim: Simulator, http: requests.Sess
     inst = sim.add_instance("ttd", "app")
     sim.add_fault("instance", delay=0.5)
     with pytest.raises(requests.exceptions.ReadTimeout):
-        http.get(inst.app_url, timeout=0.1)
-    assert http.get(inst.app_url, timeout=10).status_code == 200
+        http.get(inst.platform_url, timeout=0.1)
+    assert http.get(inst.platform_url, timeout=10).status_code == 200
     assert [e["status"] for e in sim.requests if e["endpoint"] == "instance" and e["fault"] is None] == [200]
     sim.add_fault("token", delay=0.2, status=503)
     started = time.monotonic()
@@ -491,13 +514,13 @@ def test_delay_fault_triggers_client_timeout(sim: Simulator, http: requests.Sess
 
 def test_truncate_fault_breaks_the_body(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app", [ElementSpec("v", "application/pdf", 100_000)])
-    url = inst.elements[0]["selfLinks"]["apps"]
+    url = inst.data_url(inst.elements[0]["id"])
     sim.add_fault("data", truncate_at=1000)
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
         http.get(url, timeout=10)
     sim.add_fault("instance", truncate_at=10)
     with pytest.raises(requests.exceptions.ChunkedEncodingError):
-        http.get(inst.app_url, timeout=10)
+        http.get(inst.platform_url, timeout=10)
     assert http.get(url, timeout=10).content == inst.expected_bytes(inst.elements[0]["id"])
 
 
@@ -508,7 +531,7 @@ def test_truncate_fault_is_a_protocol_error_for_urllib3(sim: Simulator, keys: Ke
     sim.add_fault("data", truncate_at=0)
     with urllib3.PoolManager() as pool:
         response = pool.request(
-            "GET", inst.elements[0]["selfLinks"]["apps"], headers={"Authorization": "Bearer " + altinn_token(sim, keys)}, preload_content=False
+            "GET", inst.data_url(inst.elements[0]["id"]), headers={"Authorization": "Bearer " + altinn_token(sim, keys)}, preload_content=False
         )
         assert response.status == 200
         with pytest.raises(urllib3.exceptions.ProtocolError):
@@ -517,7 +540,7 @@ def test_truncate_fault_is_a_protocol_error_for_urllib3(sim: Simulator, keys: Ke
 
 def test_reset_fault_aborts_the_connection(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app", [ElementSpec("v", "application/pdf", 4 << 20)])
-    url = inst.elements[0]["selfLinks"]["apps"]
+    url = inst.data_url(inst.elements[0]["id"])
     sim.add_fault("data", reset_after=64 << 10)
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
         with http.get(url, stream=True, timeout=10) as response:
@@ -525,13 +548,13 @@ def test_reset_fault_aborts_the_connection(sim: Simulator, http: requests.Sessio
                 time.sleep(0.001)
     sim.add_fault("instance", reset_after=0)
     with pytest.raises((requests.exceptions.ChunkedEncodingError, requests.exceptions.ConnectionError)):
-        http.get(inst.app_url, timeout=10).json()
+        http.get(inst.platform_url, timeout=10).json()
     assert hashlib.sha256(http.get(url, timeout=10).content).hexdigest() == inst.expected_sha256(inst.elements[0]["id"])
 
 
 def test_fault_match_selects_requests_by_path(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app", [ElementSpec(), ElementSpec("v", "application/pdf", 10)])
-    first, second = (e["selfLinks"]["apps"] for e in inst.elements)
+    first, second = (inst.data_url(e["id"]) for e in inst.elements)
     sim.add_fault("data", status=500, match=inst.elements[1]["id"], times=2)
     assert [http.get(u, timeout=10).status_code for u in (first, second, first, second, second)] == [200, 500, 200, 500, 200]
     sim.add_fault("query", status=502, match="continuationToken")
@@ -545,15 +568,15 @@ def _pattern(sim: Simulator, url: str, s: requests.Session) -> list[int]:
 def test_probability_fault_is_persistent_and_seeded(sim: Simulator, keys: Keys, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app", party_id="123", instance_guid="0f6f4b9b-5cb2-4a8f-9d43-1b0a1e5a7d11")
     sim.add_fault("instance", status=503, probability=0.5, seed=7)
-    pattern = _pattern(sim, inst.app_url, http)
+    pattern = _pattern(sim, inst.platform_url, http)
     assert 8 <= pattern.count(503) <= 32 and set(pattern) == {200, 503}
     with Simulator() as other:
         other.register_client(CLIENT, public_key_pem=keys.public_pem, kid=KID)
         twin = other.add_instance("ttd", "app", party_id="123", instance_guid=inst.instance_guid)
         other.add_fault("instance", status=503, probability=0.5, seed=7)
-        assert _pattern(other, twin.app_url, session(altinn_token(other, keys))) == pattern
+        assert _pattern(other, twin.platform_url, session(altinn_token(other, keys))) == pattern
     sim.clear_faults()
-    assert set(_pattern(sim, inst.app_url, http)) == {200}
+    assert set(_pattern(sim, inst.platform_url, http)) == {200}
 
 
 def test_add_fault_validates_its_arguments(sim: Simulator) -> None:
@@ -570,14 +593,17 @@ def test_complete_is_idempotent_and_calls_on_complete_first(sim: Simulator, http
     inst = sim.add_instance("ttd", "app")
     seen: list[tuple[SimInstance, int, list[str]]] = []
     sim.on_complete = lambda i: seen.append((i, len(sim.confirmations), list(i.confirmed_by)))
-    first = http.post(inst.app_url + "/complete", timeout=10)
+    first = http.post(inst.platform_url + "/complete", data=b"ignored", timeout=10)
     assert first.status_code == 200
     assert [c["stakeholderId"] for c in first.json()["completeConfirmations"]] == ["ttd"]
     assert seen == [(inst, 0, [])]
+    # Confirmed already: the instance unchanged (same lastChanged), also through the app (which proxies to storage).
     second = http.post(inst.platform_url + "/complete", timeout=10)
-    assert second.status_code == 200 and second.json()["completeConfirmations"] == first.json()["completeConfirmations"]
-    assert inst.confirmed_by == ["ttd"] and [c[0] for c in sim.confirmations] == [inst.id, inst.id]
-    assert len(seen) == 2 and sim.complete_violations == [] and sim.calls["complete"] == 2
+    via_app = http.post(inst.app_url + "/complete", timeout=10)
+    assert second.status_code == 200 and second.json() == first.json()
+    assert via_app.status_code == 200 and via_app.json()["completeConfirmations"] == first.json()["completeConfirmations"]
+    assert inst.confirmed_by == ["ttd"] and [c[0] for c in sim.confirmations] == [inst.id] * 3
+    assert len(seen) == 3 and sim.complete_violations == [] and sim.calls["complete"] == 2 and sim.calls["app-complete"] == 1
     assert sim.confirmations[0][1] <= sim.confirmations[1][1] <= time.time()
 
 
@@ -588,25 +614,30 @@ def test_on_complete_failure_is_recorded_and_confirm_proceeds(sim: Simulator, ht
         raise AssertionError("manifest.json missing")
 
     sim.on_complete = check
-    assert http.post(inst.app_url + "/complete", timeout=10).status_code == 200
+    assert http.post(inst.platform_url + "/complete", timeout=10).status_code == 200
     assert sim.complete_violations == ["manifest.json missing"] and len(sim.confirmations) == 1
 
 
-def test_complete_refuses_a_running_process(sim: Simulator, http: requests.Session) -> None:
-    inst = sim.add_instance("ttd", "app", process_ended=False)
+def test_complete_asks_the_policy_not_the_process(sim: Simulator, http: requests.Session) -> None:
+    # Storage never looks at the process (no 409); it is the app's XACML policy that may deny "complete".
+    running = sim.add_instance("ttd", "app", process_ended=False)
+    assert http.post(running.platform_url + "/complete", timeout=10).status_code == 200
+    inst = sim.add_instance("ttd", "app")
     calls: list[SimInstance] = []
     sim.on_complete = calls.append
-    assert http.post(inst.app_url + "/complete", timeout=10).status_code == 409
-    assert calls == [] and sim.confirmations == [] and inst.confirmed_by == []
-    inst.process_ended = True
-    assert http.post(inst.app_url + "/complete", timeout=10).status_code == 200
-    assert calls == [inst]
+    sim.app("ttd", "app").complete_allowed = False
+    denied = [http.post(inst.platform_url + "/complete", timeout=10), http.post(inst.app_url + "/complete", timeout=10)]
+    assert [(r.status_code, r.content) for r in denied] == [(403, b""), (403, b"")]
+    assert calls == [] and [c[0] for c in sim.confirmations] == [running.id] and inst.confirmed_by == []
+    sim.app("ttd", "app").complete_allowed = True
+    assert http.post(inst.platform_url + "/complete", timeout=10).status_code == 200
+    assert calls == [inst] and inst.confirmed_by == ["ttd"]
 
 
 def test_complete_fault_is_not_recorded(sim: Simulator, http: requests.Session) -> None:
     inst = sim.add_instance("ttd", "app")
     sim.add_fault("complete", status=500)
-    assert http.post(inst.app_url + "/complete", timeout=10).status_code == 500
+    assert http.post(inst.platform_url + "/complete", timeout=10).status_code == 500
     assert sim.confirmations == [] and sim.calls["complete"] == 1
 
 
@@ -638,25 +669,31 @@ def test_query_filters_and_pages(sim: Simulator, http: requests.Session) -> None
     }
     ids = {k: v.id for k, v in made.items()}
     base = sim.url + "/storage/api/v1/instances?org=ttd&appId=ttd/app&process.isComplete=true&excludeConfirmedBy=ttd&status.isHardDeleted=false"
+    # Newest lastChanged first; a full page always has a next link, so the last page may be empty.
     pages, docs = _query_all(http, base + "&size=2")
-    assert pages == [[ids["a1"], ids["a5"]], [ids["a6"], ids["a7"]]]
-    assert docs[0]["self"] == base + "&size=2" and "continuationToken=" in docs[0]["next"] and docs[1]["next"] is None
+    assert pages == [[ids["a7"], ids["a6"]], [ids["a5"], ids["a1"]], []]
+    assert docs[0]["self"] == base + "&size=2" and "continuationToken=" in docs[0]["next"] and docs[2]["next"] is None
+    assert all(d["next"].startswith(sim.url + "/storage/api/v1/instances?") for d in docs[:2])
     pages, _ = _query_all(http, base + "&size=3")
-    assert pages == [[ids["a1"], ids["a5"], ids["a6"]], [ids["a7"]]]
+    assert pages == [[ids["a7"], ids["a6"], ids["a5"]], [ids["a1"]]]
     pages, _ = _query_all(http, sim.url + "/storage/api/v1/instances?org=ttd&size=100")
-    assert pages == [list(ids.values())]
+    assert pages == [list(reversed(ids.values()))]
     pages, _ = _query_all(http, sim.url + "/storage/api/v1/instances?appId=ttd/app&process.isComplete=false")
     assert pages == [[ids["a3"]]]
     pages, _ = _query_all(http, sim.url + "/storage/api/v1/instances?appId=ttd/app&status.isHardDeleted=true")
     assert pages == [[ids["a4"]]]
-    # Confirming and removing change later pages, not the order.
-    assert http.post(made["a5"].app_url + "/complete", timeout=10).status_code == 200
+    # Confirming moves an instance to the front (lastChanged) and out of this filter; removing drops it.
+    assert http.post(made["a5"].platform_url + "/complete", timeout=10).status_code == 200
     sim.remove_instance(ids["a6"])
     pages, _ = _query_all(http, base + "&size=2")
-    assert pages == [[ids["a1"], ids["a7"]]]
-    assert sim.calls["query"] == 8
+    assert pages == [[ids["a7"], ids["a1"]], []]
+    assert sim.calls["query"] == 10
     assert http.get(sim.url + "/storage/api/v1/instances?size=2", timeout=10).status_code == 400
-    assert http.get(base + "&continuationToken=%%%", timeout=10).status_code == 400
+    assert http.get(base + "&size=two", timeout=10).status_code == 400
+    # A token without ";" matches no row; one whose numbers do not parse is a 500 (as storage's repository fails).
+    garbled = http.get(base + "&continuationToken=%%%", timeout=10)
+    assert garbled.status_code == 200 and garbled.json()["instances"] == [] and garbled.json()["next"] is None
+    assert http.get(base + "&continuationToken=abc%3Bdef", timeout=10).status_code == 500
 
 
 # ---------------------------------------------------------------------------------------------
@@ -665,11 +702,11 @@ def test_query_filters_and_pages(sim: Simulator, http: requests.Session) -> None
 
 def test_subscription_lifecycle_and_publish(sim: Simulator, http: requests.Session, receiver: Receiver) -> None:
     subs = sim.url + "/events/api/v1/subscriptions"
-    body = {"endPoint": receiver.url, "sourceFilter": f"{sim.url}/ttd/app", "typeFilter": "app.instance.process.completed"}
+    body = {"endPoint": receiver.url, "sourceFilter": f"{sim.apps_url}/ttd/app", "typeFilter": "app.instance.process.completed"}
     created = http.post(subs, json=body, timeout=10)
-    assert created.status_code == 201
+    assert created.status_code == 201 and created.headers["Location"] == f"/events/api/v1/subscription/{created.json()['id']}"
     sub = created.json()
-    assert sub["validated"] is False and sub["consumer"] == "/org/ttd" and sub["createdBy"] == "/org/ttd"
+    assert sub["validated"] is False and sub["consumer"] == "/org/ttd" and sub["createdBy"] == "/org/ttd" and sub["includeSubunits"] is False
     assert sub["endPoint"] == receiver.url and sub["resourceFilter"] == "urn:altinn:resource:app_ttd_app" and isinstance(sub["id"], int)
     receiver.wait(1)
     path, content_type, validation = receiver.received[0]
@@ -677,8 +714,11 @@ def test_subscription_lifecycle_and_publish(sim: Simulator, http: requests.Sessi
     assert validation["type"] == "platform.events.validatesubscription" and validation["specversion"] == "1.0"
     assert validation["source"] == f"{subs}/{sub['id']}" and uuid.UUID(validation["id"])
     wait_until(lambda: sim.subscriptions[sub["id"]]["validated"])
+    # An identical subscription: the existing one, and a new validation event.
     again = http.post(subs, json=body, timeout=10)
     assert again.status_code == 201 and again.json()["id"] == sub["id"] and again.json()["validated"] is True
+    receiver.wait(2)
+    assert receiver.received[1][2]["type"] == "platform.events.validatesubscription" and receiver.received[1][2]["id"] != validation["id"]
     listed = http.get(subs, timeout=10).json()
     assert listed["count"] == 1 and listed["subscriptions"][0]["id"] == sub["id"]
     assert http.get(f"{subs}/{sub['id']}", timeout=10).json()["endPoint"] == receiver.url
@@ -688,8 +728,8 @@ def test_subscription_lifecycle_and_publish(sim: Simulator, http: requests.Sessi
     assert sim.publish(inst) == [(receiver.url, 200)]
     assert sim.publish(inst, "app.instance.created") == []
     assert sim.publish(sim.add_instance("ttd", "other")) == []
-    receiver.wait(2)
-    _, content_type, event = receiver.received[1]
+    receiver.wait(3)
+    _, content_type, event = receiver.received[2]
     assert content_type == "application/json; charset=utf-8"
     assert event["type"] == "app.instance.process.completed" and event["source"] == inst.app_url and event["specversion"] == "1.0"
     assert event["resourceinstance"] == inst.id and event["subject"] == f"/party/{inst.party_id}" and event["alternativesubject"] == "/person/07837399275"
@@ -699,13 +739,13 @@ def test_subscription_lifecycle_and_publish(sim: Simulator, http: requests.Sessi
     assert http.delete(f"{subs}/{sub['id']}", timeout=10).status_code == 200
     assert http.get(f"{subs}/{sub['id']}", timeout=10).status_code == 404
     assert http.get(subs, timeout=10).json() == {"count": 0, "subscriptions": []}
-    assert sim.publish(inst) == [] and len(receiver.received) == 2
+    assert sim.publish(inst) == [] and len(receiver.received) == 3
     assert sim.calls["subscriptions"] == 7
 
 
 def test_subscription_not_validated_receives_nothing(sim: Simulator, http: requests.Session, receiver: Receiver) -> None:
     receiver.status = 500
-    created = http.post(sim.url + "/events/api/v1/subscriptions", json={"endPoint": receiver.url, "sourceFilter": f"{sim.url}/ttd/app"}, timeout=10)
+    created = http.post(sim.url + "/events/api/v1/subscriptions", json={"endPoint": receiver.url, "sourceFilter": f"{sim.apps_url}/ttd/app"}, timeout=10)
     assert created.status_code == 201
     receiver.wait(1)
     time.sleep(0.05)
@@ -715,11 +755,15 @@ def test_subscription_not_validated_receives_nothing(sim: Simulator, http: reque
 
 def test_subscription_requests_are_validated(sim: Simulator, http: requests.Session, keys: Keys) -> None:
     subs = sim.url + "/events/api/v1/subscriptions"
-    assert http.post(subs, json={"sourceFilter": f"{sim.url}/ttd/app"}, timeout=10).status_code == 400
-    assert http.post(subs, json={"endPoint": "http://127.0.0.1:1/x", "sourceFilter": f"{sim.url}/ttd/app/"}, timeout=10).status_code == 400
+    source = f"{sim.apps_url}/ttd/app"
+    assert http.post(subs, json={"sourceFilter": source}, timeout=10).status_code == 400
+    assert http.post(subs, json={"endPoint": "http://127.0.0.1:1/x", "sourceFilter": source + "/"}, timeout=10).status_code == 400
     assert http.post(subs, data=b"{", headers={"Content-Type": "application/json"}, timeout=10).status_code == 400
-    assert http.post(subs, json={"endPoint": "http://127.0.0.1:1/x", "sourceFilter": f"{sim.url}/skd/app"}, timeout=10).status_code == 403
+    assert http.post(subs, data=b"{}", timeout=10).status_code == 415  # [Consumes("application/json")]
+    assert http.post(subs, json={"endPoint": "http://127.0.0.1:1/x", "sourceFilter": f"{sim.apps_url}/skd/app"}, timeout=10).status_code == 403
     assert http.get(subs + "/999", timeout=10).status_code == 404
+    assert http.get(subs + "/abc", timeout=10).status_code == 400  # Get(int id)
+    assert sim.subscriptions == {}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -730,13 +774,16 @@ def test_keep_alive_reuses_one_connection(sim: Simulator, http: requests.Session
     inst = sim.add_instance("ttd", "app", [ElementSpec(), ElementSpec("v", "application/pdf", 300_000)])
     before = sim.connections
     for _ in range(5):
-        assert http.get(inst.app_url, timeout=10).status_code == 200
-        assert http.get(inst.app_url + "/nope", timeout=10).status_code == 404
-        assert http.post(sim.url + "/events/api/v1/subscriptions", data=b"x" * 1000, timeout=10).status_code == 400
-        assert len(http.get(inst.elements[1]["selfLinks"]["apps"], timeout=10).content) == 300_000
-        assert http.post(inst.app_url + "/complete", data=b"ignored", timeout=10).status_code == 200
+        assert http.get(inst.platform_url, timeout=10).status_code == 200
+        assert http.get(inst.platform_url + "/nope", timeout=10).status_code == 404
+        bad = http.post(sim.url + "/events/api/v1/subscriptions", data=b"x" * 1000, headers={"Content-Type": "application/json"}, timeout=10)
+        assert bad.status_code == 400
+        assert len(http.get(inst.data_url(inst.elements[1]["id"]), timeout=10).content) == 300_000
+        assert http.post(inst.platform_url + "/complete", data=b"ignored", timeout=10).status_code == 200
     assert sim.connections == before + 1
-    assert session(None).get(inst.app_url, timeout=10).status_code == 401
+    # The app host is another origin: another connection.
+    assert http.get(inst.app_url, timeout=10).status_code == 200 and sim.connections == before + 2
+    assert session(None).get(inst.platform_url, timeout=10).status_code == 401
 
 
 def test_counters_reset(sim: Simulator, keys: Keys, http: requests.Session) -> None:
@@ -764,6 +811,8 @@ def test_runs_by_hand_until_interrupted(tmp_path: Path, keys: Keys) -> None:
             lines.append(line.strip())
         url = lines[0].rsplit(" ", 1)[1]
         assert f"MASKINPORTEN_URL={url}/maskinporten/" in lines and any(line.startswith("demo instance: ") for line in lines)
+        apps = next(line for line in lines if line.startswith("ALTINN_APPS_URL=")).split("=", 1)[1]
+        assert apps.startswith("http://127.0.0.1:") and apps != url
         demo = next(line for line in lines if line.startswith("demo instance: ")).split(": ", 1)[1]
         now = int(time.time())
         claims = {"aud": url + "/maskinporten/", "iss": CLIENT, "scope": SCOPES, "iat": now, "exp": now + 60, "jti": str(uuid.uuid4())}
@@ -775,7 +824,7 @@ def test_runs_by_hand_until_interrupted(tmp_path: Path, keys: Keys) -> None:
             url + "/authentication/api/v1/exchange/maskinporten", headers={"Authorization": "Bearer " + token.json()["access_token"]}, timeout=10
         )
         instance = requests.get(demo, headers={"Authorization": "Bearer " + altinn.text}, timeout=10)
-        assert instance.status_code == 200 and len(instance.json()["data"]) == 2
+        assert demo.startswith(url + "/storage/api/v1/instances/") and instance.status_code == 200 and len(instance.json()["data"]) == 2
     finally:
         proc.send_signal(signal.SIGINT)
         try:
