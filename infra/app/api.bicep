@@ -26,6 +26,11 @@ param pythonVersion string
 @description('Memory per instance (MB).')
 param instanceMemoryMB int
 
+@description('Concurrent webhook requests one instance takes before Flex Consumption adds an instance (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency).')
+@minValue(1)
+@maxValue(1000)
+param httpPerInstanceConcurrency int
+
 @description('Upper bound on instances (cost and pressure on Altinn).')
 param maximumInstanceCount int
 
@@ -83,6 +88,43 @@ resource plan 'Microsoft.Web/serverfarms@2024-04-01' = {
   }
 }
 
+// siteConfig on Flex Consumption holds only what the plan accepts. Flex refuses a list of App
+// Service site properties outright, with ARM error 51021: "The following site configuration
+// properties (Site.SiteConfig.FtpsState, Site.SiteConfig.Use32BitWorkerProcess,
+// Site.SiteConfig.NetFrameworkVersion, Site.SiteConfig.FunctionsRuntimeScaleMonitoringEnabled) for
+// Flex Consumption sites is invalid" (microsoft/azure-pipelines-tasks#21032; LinuxFxVersion in
+// Azure/terraform-azurerm-avm-res-web-site#283), and takes runtime, scale and memory from
+// functionAppConfig instead. Sources for what remains:
+// - Microsoft's Flex samples set nothing but app settings and `alwaysOn: false`
+//   (Azure-Samples/functions-quickstart-python-http-azd infra/app/api.bicep,
+//   Azure-Samples/azure-functions-flex-consumption-samples IaC/bicep/main.bicep). That false only
+//   overrides the siteConfig default of the AVM module they use (Azure/bicep-registry-modules
+//   avm/res/web/site/main.bicep: alwaysOn: true, minTlsVersion: '1.2', ftpsState: 'FtpsOnly'; the
+//   module has no Flex switch of its own). Without that module there is no default to override,
+//   so alwaysOn is not set (always-ready instances are Flex's way to stay warm).
+// - The Terraform AVM module drops exactly the refused ones on Flex (its commit ea8e0e4, "omit
+//   siteConfig properties Flex Consumption rejects": alwaysOn, ftpsState, use32BitWorkerProcess,
+//   preWarmedInstanceCount, functionAppScaleLimit, functionsRuntimeScaleMonitoringEnabled and the
+//   language *Version fields) and keeps minTlsVersion, scmMinTlsVersion and http20Enabled.
+// - The azurerm provider's Flex resource (hashicorp/terraform-provider-azurerm,
+//   function_app_flex_consumption) offers no ftps_state, always_on or use_32_bit_worker, but does
+//   offer minimum_tls_version, scm_minimum_tls_version and http2_enabled.
+// ftpsState in particular is gone: Flex has no FTP endpoint, so checkov's FTP rule is skipped on
+// siteConfig with that reason.
+//
+// HTTP concurrency (functionAppConfig.scaleAndConcurrency.triggers.http.perInstanceConcurrency):
+// Flex Consumption scales the HTTP group (here only the webhook `receive`; the queue trigger
+// `archive` scales on instances of its own) by this number, one more instance for every
+// perInstanceConcurrency requests in flight. Unset, it depends on the instance size and is 1 for
+// Python apps (https://learn.microsoft.com/azure/azure-functions/functions-concurrency#http-trigger-concurrency):
+// a burst of Altinn deliveries on a filing deadline would cold-start one billed instance per
+// request, each seconds slow, up to maximumInstanceCount. The webhook is I/O bound: validate a small
+// JSON body, one queue write (about 1 ms of CPU, the rest waiting on storage), answer. Dozens share
+// one instance easily; the Python worker runs them in its thread pool, and a request beyond its
+// threads waits milliseconds for one, far inside Altinn's answer deadline. Allowed: 1 to 1000
+// (Microsoft's Az.Functions module, Azure/azure-powershell
+// src/Functions/Functions.Autorest/custom/New-AzFunctionApp.ps1: HttpPerInstanceConcurrency
+// ValidateRange(1, 1000)).
 resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   // #checkov:skip=CKV_AZURE_222: The HTTP trigger is the webhook Altinn Events calls from the internet, so the site must be publicly reachable. It is HTTPS-only with TLS 1.2, each call needs the function key, events are validated and allow-listed, and basic-auth publishing is disabled.
   // #checkov:skip=CKV_AZURE_17: Altinn Events does not present client certificates to webhook endpoints, so requiring them would block every delivery; callers authenticate with the function key.
@@ -121,6 +163,12 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       scaleAndConcurrency: {
         instanceMemoryMB: instanceMemoryMB
         maximumInstanceCount: maximumInstanceCount
+        // The webhook's concurrency per instance: see "HTTP concurrency" above this resource.
+        triggers: {
+          http: {
+            perInstanceConcurrency: httpPerInstanceConcurrency
+          }
+        }
       }
       runtime: {
         name: 'python'
@@ -128,10 +176,17 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
       }
     }
     siteConfig: {
+      // #checkov:skip=CKV_AZURE_78: ftpsState is refused on Flex Consumption sites (ARM error 51021: "site configuration properties (Site.SiteConfig.FtpsState, ...) for Flex Consumption sites is invalid"); Flex has no FTP endpoint to disable, deployments go through the blob package with Entra ID, and basic-auth (scm) publishing is off.
+      // TLS 1.2+ for the webhook and every call to the app's host name. Accepted on Flex (kept by
+      // the Terraform AVM module and the azurerm Flex resource: minimum_tls_version).
       minTlsVersion: '1.2'
+      // The same for the SCM endpoint that deployments use on Flex (Core Tools, azd). Accepted on
+      // Flex (azurerm Flex resource: scm_minimum_tls_version).
       scmMinTlsVersion: '1.2'
-      ftpsState: 'Disabled'
+      // HTTP/2 on the front end (Altinn may use 1.1 or 2). Accepted on Flex (azurerm Flex
+      // resource: http2_enabled).
       http20Enabled: true
+      // The app settings: on Flex they stay in siteConfig, everything else is functionAppConfig.
       appSettings: [for setting in items(allSettings): {
         name: setting.key
         value: setting.value
@@ -140,16 +195,13 @@ resource functionApp 'Microsoft.Web/sites@2024-04-01' = {
   }
 }
 
-// Deployments authenticate with Microsoft Entra ID (azd, Core Tools, GitHub OIDC);
-// basic-auth publishing credentials are switched off.
-resource ftpCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
-  parent: functionApp
-  name: 'ftp'
-  properties: {
-    allow: false
-  }
-}
-
+// Deployments authenticate with Microsoft Entra ID (azd, Core Tools, GitHub OIDC): basic-auth
+// publishing to the SCM endpoint (the one Flex deploys through) is switched off. Only `scm`: Flex
+// Consumption has no FTP endpoint (its ftpsState is refused, see siteConfig), and the azurerm
+// provider's Flex resource manages only this policy (hashicorp/terraform-provider-azurerm
+// internal/services/appservice/function_app_flex_consumption_resource.go calls UpdateScmAllowed
+// and has no FTP basic-auth setting, unlike its linux_function_app; Microsoft's Flex samples set
+// neither policy).
 resource scmCredentials 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-04-01' = {
   parent: functionApp
   name: 'scm'

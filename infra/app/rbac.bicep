@@ -4,6 +4,7 @@
 param storageAccountName string
 param eventsQueueName string
 param poisonQueueName string
+param handoffQueueName string
 param archiveContainerName string
 param keyVaultName string
 param applicationInsightsName string
@@ -21,10 +22,23 @@ param operatorPrincipalId string = ''
 ])
 param operatorPrincipalType string = 'User'
 
+@description('Optional: the case system that reads the hand-off queue. Empty: no grant.')
+param handoffConsumerPrincipalId string = ''
+
+@allowed([
+  'User'
+  'Group'
+  'ServicePrincipal'
+])
+param handoffConsumerPrincipalType string = 'ServicePrincipal'
+
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  // Peek, get and delete messages; no add, no update, no queue management.
+  // https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage#storage-queue-data-message-processor
+  storageQueueDataMessageProcessor: '8a0f0c08-91a1-4084-bc3d-661d67233fed'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   keyVaultSecretsOfficer: 'b86a8fe4-44ce-4948-aee5-eccb2c155cd7'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
@@ -59,6 +73,11 @@ resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
   name: poisonQueueName
 }
 
+resource handoffQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' existing = {
+  parent: queueService
+  name: handoffQueueName
+}
+
 resource vault 'Microsoft.KeyVault/vaults@2023-07-01' existing = {
   name: keyVaultName
 }
@@ -74,10 +93,11 @@ resource applicationInsights 'Microsoft.Insights/components@2020-02-02' existing
 // azure-webjobs-secrets for function keys) and Microsoft documents Blob Data Owner as the role
 // for an identity-based host storage connection; (2) Flex Consumption reads the deployment
 // package from its container with this identity; (3) the archive function writes the
-// altinn-data blobs. Account scope is needed because the host creates containers at run time.
+// altinn-data blobs, and (4) the operational state in altinn-mottak-state. Account scope is
+// needed because the host creates containers at run time.
 // The account holds nothing but this app's data. What Owner adds over Contributor (ACLs on
 // hierarchical namespaces, which are off here, and permanent deletion of blob versions) is
-// bounded by blob soft delete on the account.
+// bounded by blob soft delete, and for altinn-data by its immutability (archiveImmutabilityDays).
 resource appBlobDataOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(storage.id, appPrincipalId, roles.storageBlobDataOwner)
   scope: storage
@@ -114,6 +134,21 @@ resource appPoisonQueueContributor 'Microsoft.Authorization/roleAssignments@2022
     principalType: 'ServicePrincipal'
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
     description: 'Functions host moves failed messages to the poison queue'
+  }
+}
+
+// Storage Queue Data Contributor on the hand-off queue only. Purpose: the app sends one message per
+// archived instance to the case systems (add), like on the other queues it writes (Message
+// Sender would do for adding alone; Contributor keeps the app's queue roles uniform and lets it
+// create the queue if it is missing, as pipeline.enqueue does).
+resource appHandoffQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(handoffQueue.id, appPrincipalId, roles.storageQueueDataContributor)
+  scope: handoffQueue
+  properties: {
+    principalId: appPrincipalId
+    principalType: 'ServicePrincipal'
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    description: 'Hand archived instances to case systems (send to the hand-off queue)'
   }
 }
 
@@ -195,5 +230,21 @@ resource operatorPoisonQueueContributor 'Microsoft.Authorization/roleAssignments
     principalType: operatorPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
     description: 'Operator inspects and replays poison messages'
+  }
+}
+
+// ---- Optional hand-off consumer (a case system) -------------------------------------------------
+
+// Storage Queue Data Message Processor on the hand-off queue only. Purpose: the case system reads
+// the messages the app hands off and deletes each once it has taken the instance over; it cannot
+// add or change messages and sees no other queue or any blob.
+resource handoffConsumerMessageProcessor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(handoffConsumerPrincipalId)) {
+  name: guid(handoffQueue.id, handoffConsumerPrincipalId, roles.storageQueueDataMessageProcessor)
+  scope: handoffQueue
+  properties: {
+    principalId: handoffConsumerPrincipalId
+    principalType: handoffConsumerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageProcessor)
+    description: 'Case system reads and deletes hand-off messages (altinn-archived)'
   }
 }

