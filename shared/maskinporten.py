@@ -12,8 +12,11 @@ cryptography and PyJWT are imported on first use, not at import, to keep cold st
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
+import math
+import re
 import threading
 import time
 import uuid
@@ -21,8 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from shared import http
 from shared.config import MASKINPORTEN_CERTIFICATE, MASKINPORTEN_PRIVATE_KEY, Settings
-from shared.errors import ConfigError, TransientError
+from shared.errors import ConfigError, TransientError, UnresolvedKeyVaultReference
+from shared.http import Deadline, safe_text
 
 if TYPE_CHECKING:
     import requests
@@ -32,13 +37,28 @@ log = logging.getLogger(__name__)
 GRANT_TYPE = "urn:ietf:params:oauth:grant-type:jwt-bearer"
 GRANT_LIFETIME = 120  # seconds; Maskinporten's maximum
 REFRESH_MARGIN = 60  # seconds before expiry a cached token is replaced
-TIMEOUT = (5, 30)  # connect, read
+TIMEOUT = (5, 30)  # connect, and the longest gap between two reads (the total is a Deadline)
+MAX_TOKEN_LIFETIME = 3600.0  # cache a token for at most this long, whatever expires_in claims
+DEFAULT_LIFETIME = 120.0  # when expires_in is absent
+# RFC 6750 b64token: what a bearer token may consist of (no spaces, quotes, CR or LF), bounded.
+_B64TOKEN = re.compile(r"[A-Za-z0-9._~+/-]{16,16384}=*")
+KEY_VAULT_PREFIX = "@Microsoft.KeyVault("
 
 
-def _normalise_pem(text: str) -> str:
+def _normalise_pem(name: str, text: str) -> str:
+    """PEM as given, with ``\\n`` escapes (azd and app settings), or base64 of the PEM."""
     text = text.strip()
+    if text.startswith(KEY_VAULT_PREFIX):
+        raise UnresolvedKeyVaultReference(name)
     if "\\n" in text and "\n" not in text:  # app settings often carry escaped newlines
         text = text.replace("\\n", "\n")
+    if not text.startswith(("-----", "{")) and re.fullmatch(r"[A-Za-z0-9+/=\s]+", text):
+        try:
+            decoded = base64.b64decode("".join(text.split()), validate=True).decode("ascii")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            return text
+        if decoded.lstrip().startswith("-----BEGIN"):
+            return decoded.strip()
     return text
 
 
@@ -57,7 +77,7 @@ def load_signing_key(settings: Settings) -> SigningKey:
     from cryptography.hazmat.primitives.asymmetric import rsa
     from cryptography.hazmat.primitives.serialization import Encoding, load_pem_private_key
 
-    raw = _normalise_pem(settings.private_key)
+    raw = _normalise_pem(MASKINPORTEN_PRIVATE_KEY, settings.private_key)
     kid = settings.kid
     key: Any
     if raw.startswith("{"):
@@ -81,7 +101,9 @@ def load_signing_key(settings: Settings) -> SigningKey:
         from cryptography import x509
 
         try:
-            certs = x509.load_pem_x509_certificates(_normalise_pem(settings.certificate).encode("ascii"))
+            certs = x509.load_pem_x509_certificates(_normalise_pem(MASKINPORTEN_CERTIFICATE, settings.certificate).encode("ascii"))
+        except ConfigError:
+            raise
         except Exception:
             raise ConfigError(MASKINPORTEN_CERTIFICATE, "is not a PEM certificate chain") from None
         if certs[0].public_key().public_numbers() != key.public_key().public_numbers():
@@ -118,24 +140,25 @@ class TokenCache:
     is replaced ``margin`` seconds before it expires, or after 90 % of its lifetime if that is shorter.
     """
 
-    def __init__(self, fetch: Callable[[], tuple[str, float]], *, margin: float = REFRESH_MARGIN) -> None:
+    def __init__(self, fetch: Callable[[], tuple[str, float]], *, margin: float = REFRESH_MARGIN, clock: Callable[[], float] = time.time) -> None:
         self._fetch = fetch
         self._margin = margin
+        self._clock = clock
         self._lock = threading.Lock()
         self._token: str | None = None
         self._refresh_at = 0.0
 
     def get(self) -> str:
         token, refresh_at = self._token, self._refresh_at
-        if token is not None and time.time() < refresh_at:
+        if token is not None and self._clock() < refresh_at:
             return token
         with self._lock:
-            if self._token is not None and time.time() < self._refresh_at:
+            if self._token is not None and self._clock() < self._refresh_at:
                 return self._token
-            now = time.time()
-            token, expires_at = self._fetch()
-            lifetime = max(0.0, expires_at - now)
-            self._token, self._refresh_at = token, expires_at - min(self._margin, lifetime * 0.1)
+            now = self._clock()
+            token, expires_at = self._fetch()  # raises for a token that failed validation: nothing cached
+            lifetime = max(0.0, min(expires_at - now, MAX_TOKEN_LIFETIME))
+            self._token, self._refresh_at = token, now + lifetime - min(self._margin, lifetime * 0.1)
             return token
 
     def invalidate(self, token: str | None = None) -> None:
@@ -167,36 +190,54 @@ class MaskinportenClient:
 
         grant = build_grant(self._settings, self._signing_key())
         started = time.time()
-        try:
-            resp = self._session.post(
-                self._settings.token_endpoint,
-                data={"grant_type": GRANT_TYPE, "assertion": grant},
-                headers={"Accept": "application/json"},
-                timeout=TIMEOUT,
-                allow_redirects=False,
-            )
-        except requests.RequestException as exc:
-            raise TransientError(f"Maskinporten unreachable ({type(exc).__name__})") from None
-        if resp.status_code != 200:
+        deadline = Deadline(http.CALL_DEADLINE, "Maskinporten token request")
+        with deadline.running():
+            try:
+                resp = deadline.request(
+                    self._session,
+                    "POST",
+                    self._settings.token_endpoint,
+                    data={"grant_type": GRANT_TYPE, "assertion": grant},
+                    headers={"Accept": "application/json"},
+                    timeout=TIMEOUT,
+                    allow_redirects=False,
+                    stream=True,
+                )
+            except requests.RequestException as exc:
+                if deadline.expired:
+                    raise deadline.error() from None
+                raise TransientError(f"Maskinporten unreachable ({type(exc).__name__})") from None
+            status = resp.status_code
+            retry_after = retry_after_seconds(resp)
+            body = http.read_capped(resp, http.TOKEN_CAP, "Maskinporten token request", deadline=deadline)
+        if status != 200:
             error = ""
             try:
-                body = resp.json()
-            except ValueError:
-                body = None
-            if isinstance(body, dict):
-                error = f": {str(body.get('error', ''))[:60]} {str(body.get('error_description', ''))[:200]}"
-            retry_after = retry_after_seconds(resp)
-            raise TransientError(f"Maskinporten refused the grant (HTTP {resp.status_code}{error})", status=resp.status_code, retry_after=retry_after)
-        try:
-            body = resp.json()
-            token = body["access_token"]
-            lifetime = float(body.get("expires_in", 120))
-        except (ValueError, KeyError, TypeError, AttributeError):
-            raise TransientError("Maskinporten answered without an access token") from None
-        if not isinstance(token, str) or not token:
-            raise TransientError("Maskinporten answered without an access token")
+                doc = http.parse_json(body, "Maskinporten")
+            except TransientError:
+                doc = None
+            if isinstance(doc, dict):
+                error = f": {safe_text(doc.get('error', ''), 60)} {safe_text(doc.get('error_description', ''), 200)}"
+            raise TransientError(f"Maskinporten refused the grant (HTTP {status}{error})", status=status, retry_after=retry_after)
+        token, lifetime = _token_answer(http.parse_json(body, "Maskinporten token request"))
         log.info("maskinporten token obtained", extra={"expires_in": lifetime})
-        return token, started + lifetime
+        return token, started + min(lifetime, MAX_TOKEN_LIFETIME)
+
+
+def _token_answer(doc: Any) -> tuple[str, float]:
+    """``access_token`` and ``expires_in`` of a token answer, checked: a bearer token's characters
+    (RFC 6750), bounded length, a positive finite lifetime. TransientError otherwise (never cached)."""
+    if not isinstance(doc, dict):
+        raise TransientError("Maskinporten answered without an access token")
+    token = doc.get("access_token")
+    if not isinstance(token, str) or not token:
+        raise TransientError("Maskinporten answered without an access token")
+    if not _B64TOKEN.fullmatch(token):
+        raise TransientError("Maskinporten answered an access token with characters a bearer token cannot have, or of implausible length")
+    lifetime = doc.get("expires_in", DEFAULT_LIFETIME)
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not math.isfinite(lifetime) or lifetime <= 0:
+        raise TransientError("Maskinporten answered an access token without a valid expires_in")
+    return token, float(lifetime)
 
 
 def retry_after_seconds(resp: requests.Response) -> float | None:
