@@ -315,7 +315,7 @@ def _events(world: World, n: int) -> list[bytes]:
             "id": str(uuid.uuid4()),
             "time": "2026-03-31T21:59:00.1234567Z",
             "type": "app.instance.process.completed",
-            "source": f"{world.sim.url}/{ORG}/{APP}/instances/{party}/{guid}",
+            "source": f"{world.sim.apps_url}/{ORG}/{APP}/instances/{party}/{guid}",
             "resource": f"urn:altinn:resource:app_{ORG}_{APP}",
             "resourceinstance": f"{party}/{guid}",
             "subject": f"/party/{party}",

@@ -123,7 +123,7 @@ class World:
                 "ALTINN_APPS": f"{ORG}/{APP}",
                 "ALTINN_EVENT_TYPES": "app.instance.process.completed",
                 "ALTINN_PLATFORM_URL": world.sim.url,
-                "ALTINN_APPS_URL": world.sim.url,
+                "ALTINN_APPS_URL": world.sim.apps_url,
                 "MASKINPORTEN_URL": world.sim.issuer,
                 "MASKINPORTEN_CLIENT_ID": CLIENT_ID,
                 "MASKINPORTEN_KID": KID,
@@ -174,7 +174,7 @@ class World:
         return get_runtime()
 
     def data_url(self, instance_id: str, element_id: str) -> str:
-        return f"{self.sim.url}/{ORG}/{APP}/instances/{instance_id}/data/{element_id}"
+        return f"{self.sim.url}/storage/api/v1/instances/{instance_id}/data/{element_id}"
 
     def clear_queues(self) -> None:
         from azure.core.exceptions import ResourceNotFoundError

@@ -26,7 +26,7 @@ def _serve(conn: Any, public_pem: str) -> None:
     sim.register_client(CLIENT_ID, public_key_pem=public_pem, kid=KID, org="ttd")
     sim.start()
     try:
-        conn.send({"url": sim.url, "issuer": sim.maskinporten_issuer})
+        conn.send({"url": sim.url, "apps_url": sim.apps_url, "issuer": sim.maskinporten_issuer})
         while True:
             command, args = conn.recv()
             if command == "stop":
@@ -71,7 +71,8 @@ class SimProcess:
         self._proc = ctx.Process(target=_serve, args=(child, public_pem), name="bench-simulator", daemon=True)
         self._proc.start()
         hello = self._conn.recv()
-        self.url: str = hello["url"]
+        self.url: str = hello["url"]  # the platform (storage, exchange) and Maskinporten
+        self.apps_url: str = hello["apps_url"]  # the app host: only in event sources
         self.issuer: str = hello["issuer"]
 
     @property

@@ -42,7 +42,7 @@ def run() -> int:
                 "ALTINN_ENVIRONMENT": "tt02",
                 "ALTINN_APPS": "ttd/demo-app",
                 "ALTINN_PLATFORM_URL": sim.url,
-                "ALTINN_APPS_URL": sim.url,
+                "ALTINN_APPS_URL": sim.apps_url,
                 "MASKINPORTEN_URL": sim.maskinporten_issuer,
                 "MASKINPORTEN_CLIENT_ID": "demo-client",
                 "MASKINPORTEN_KID": "demo-kid",
@@ -52,7 +52,7 @@ def run() -> int:
             }
         )
         _say(f"Azurite            blob :{azurite.blob_port}  queue :{azurite.queue_port}")
-        _say(f"Altinn simulator   {sim.url}  (Maskinporten issuer {sim.maskinporten_issuer})")
+        _say(f"Altinn simulator   platform {sim.url}  app host {sim.apps_url}  (Maskinporten issuer {sim.maskinporten_issuer})")
         with LocalHost(function_app.app, connection_string=azurite.connection_string) as host:
             webhook = host.function_url("receive")
             _say(f"Function host      {host.url}/api/events")
@@ -61,7 +61,7 @@ def run() -> int:
             token = _altinn_token()
             sub = requests.post(
                 f"{sim.url}/events/api/v1/subscriptions",
-                json={"endPoint": webhook, "sourceFilter": f"{sim.url}/ttd/demo-app", "typeFilter": "app.instance.process.completed"},
+                json={"endPoint": webhook, "sourceFilter": f"{sim.apps_url}/ttd/demo-app", "typeFilter": "app.instance.process.completed"},
                 headers={"Authorization": f"Bearer {token}"},
                 timeout=10,
             ).json()
@@ -93,7 +93,13 @@ def run() -> int:
             confirmed = [c for c in sim.confirmations if c[0] == inst.id]
             _say(f"\nAltinn /complete   {'received for ' + inst.id if confirmed else 'NOT received'}")
             _say(f"Token calls        Maskinporten grants: {sim.grants}, Altinn exchanges: {sim.exchanges}")
-            ok = bool(confirmed) and _verify(azurite.connection_string, inst, sim)
+            form = _form_element(sim, inst)
+            ok = bool(confirmed) and _verify(azurite.connection_string, inst, sim) and form is not None
+            if form is not None:
+                class_ref = sim.app(inst.org, inst.app).data_type(form["dataType"])["appLogic"]["classRef"]
+                _say(f"Form data          {form['dataType']} (appLogic.classRef {class_ref}): {form['size']:,} B of XML archived byte for byte "
+                     "from storage (the app API re-serializes it)")
+            _say(f"App API calls      {sum(sim.calls[k] for k in ('app-instance', 'app-data', 'app-complete'))} (everything went to storage)")
             _say("\nDemo OK: the instance is archived, verified and confirmed." if ok else "\nDemo FAILED.")
             return 0 if ok else 1
 
@@ -120,13 +126,23 @@ def _print_archive(connection_string: str, inst: Any) -> None:
         _say(f"  {entry['dataType']:<8} {entry['contentType']:<16} {entry['size']:>12,} B  {entry['filename'] or '-'}")
 
 
+def _form_element(sim: Any, inst: Any) -> dict[str, Any] | None:
+    """The instance's form data element (its data type has appLogic.classRef), if any."""
+    app = sim.app(inst.org, inst.app)
+    return next((e for e in inst.elements if app.is_form(e["dataType"])), None)
+
+
 def _verify(connection_string: str, inst: Any, sim: Any) -> bool:
     from azure.storage.blob import ContainerClient
 
     container = ContainerClient.from_connection_string(connection_string, "altinn-data")
     prefix = f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/"
     manifest = json.loads(container.get_blob_client(prefix + "manifest.json").download_blob().readall())
-    return all(e["sha256"] == sim.expected_sha256(e["dataElementId"]) for e in manifest["dataElements"])
+    if not all(e["sha256"] == sim.expected_sha256(e["dataElementId"]) for e in manifest["dataElements"]):
+        return False
+    form = _form_element(sim, inst)
+    stored = container.get_blob_client(f"{prefix}data/{form['id']}").download_blob().readall() if form else b""
+    return form is not None and stored == sim.expected_bytes(form["id"])
 
 
 if __name__ == "__main__":

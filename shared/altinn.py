@@ -1,73 +1,154 @@
 """Altinn client: token exchange, instance, data stream, complete, instance query, subscriptions.
 
-Every URL is built from the configured hosts and an :class:`~shared.events.InstanceRef`; none is
-taken from an event or from a link in a response. Before a request carries the bearer token its
-origin is checked against the configured Altinn hosts, and redirects are never followed.
+Everything goes to the **platform** host: instances, data and ``/complete`` through the storage API
+(``{platform}/storage/api/v1/instances/...``), never the app API. The app API re-serializes form
+data (a data type with ``appLogic.classRef``: app-lib deserializes the model, runs the app's read
+hooks and answers it content-negotiated, so neither the bytes nor the length are the stored ones),
+returns a DTO with the submitter's name and national id number, filters elements by the app's
+current metadata and is gone once the app is undeployed (Altinn/app-lib-dotnet
+src/Altinn.App.Api/Controllers/DataController.cs, InstancesController.cs; Altinn/altinn-storage
+src/Storage/Controllers/DataController.cs ``Get``: ``File(dataStream, dataElement.ContentType,
+dataElement.Filename)``, the stored blob). The app host appears only in the webhook's ``source``
+check and the subscriptions' ``sourceFilter``; the bearer token goes to the platform and nowhere
+else (checked before every request; redirects are never followed).
 
-Status mapping: 2xx ok; 401 -> refresh the token once and retry; 404/410 and 403 -> permanent;
-429, 5xx, timeouts and resets -> retried briefly in process, then transient (the queue retries).
+Upstream is untrusted input: every call has a total deadline (:class:`shared.http.Deadline`), every
+answer that is read whole has a cap, bodies must be identity-encoded, the instance document is
+parsed into :class:`~shared.models.Instance` (fail closed), a data download never reads more than
+the element's ``size`` + 1 bytes and fails before the body when ``Content-Length`` disagrees.
+
+Status mapping: 2xx ok; 401 -> refresh the token once and retry; 403 and 410 -> permanent; 404 ->
+:class:`NotFound` (transient: storage answers 404 for *any* internal exception on the instance GET,
+Altinn/altinn-storage src/Storage/Controllers/InstancesController.cs ``Get``'s catch, so one 404 is
+weak evidence; the pipeline parks after several); 429, 5xx, timeouts and resets -> retried briefly
+in process, then transient.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
+from shared import http
 from shared.config import Settings
 from shared.errors import PermanentError, TransientError, UntrustedHostError
-from shared.events import InstanceRef
+from shared.http import Deadline, safe_text
 from shared.maskinporten import MaskinportenClient, TokenCache, retry_after_seconds
+from shared.models import DATA_ID, DataElement, Instance, InstanceRef, parse_instance
 
 if TYPE_CHECKING:
     import requests
 
 log = logging.getLogger(__name__)
 
-TIMEOUT = (5, 60)  # connect, read (between bytes)
+TIMEOUT = (5, 60)  # connect, and the longest gap between two reads (the total is a Deadline)
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
-MAX_RETRY_AFTER = 10.0  # longer waits are left to the queue
-# Altinn's ids are GUIDs; accept any single safe path segment, never "/", ".", "%" or "?".
-_DATA_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,127}")
-
+MAX_RETRY_AFTER = 10.0  # longer waits are left to the retry schedule
+MAX_TOKEN_LIFETIME = 3600.0  # cache an Altinn token for at most this long, whatever it claims
+DATA_BASE_DEADLINE = 60.0  # seconds a download may take on top of size / minimum rate
+# A JWT: three base64url parts (RFC 7519); Altinn's exchange answers one.
+_JWT = re.compile(r"[A-Za-z0-9_-]{2,8192}\.[A-Za-z0-9_-]{2,16384}\.[A-Za-z0-9_-]{0,4096}")
 
 
 def new_session(pool_size: int = 32) -> requests.Session:
-    """A pooled HTTP session. No urllib3 retries: retry policy is ours (see _send)."""
-    import requests
-    from requests.adapters import HTTPAdapter
+    """The HTTP session for Altinn and Maskinporten (:func:`shared.http.new_session`)."""
+    return http.new_session(pool_size)
 
-    session = requests.Session()
-    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=pool_size, max_retries=0)
-    session.mount("https://", adapter)
-    session.mount("http://", adapter)
-    session.trust_env = False  # no proxies or .netrc credentials picked up from the environment
-    session.headers["User-Agent"] = "altinn-mottak"
-    return session
+
+class NotFound(TransientError):
+    """Altinn answered 404. Storage does that for a missing instance and for any internal error."""
 
 
 def _jwt_expiry(token: str) -> float:
-    """``exp`` of a JWT without verifying it (we only schedule a refresh with it)."""
+    """``exp`` of a JWT without verifying it (we only schedule a refresh with it); TransientError
+    when the token is not a JWT with a numeric ``exp``: such a token is never cached."""
     import jwt
 
+    if len(token) > 16384 or not _JWT.fullmatch(token):
+        raise TransientError("Altinn token exchange answered something that is not a JWT")
     try:
         claims = jwt.decode(token, options={"verify_signature": False})
-        return float(claims["exp"])
-    except Exception:
-        return time.time() + 300  # opaque or odd token: refresh after five minutes
+    except jwt.PyJWTError:
+        raise TransientError("Altinn token exchange answered a token that cannot be decoded") from None
+    exp = claims.get("exp") if isinstance(claims, dict) else None
+    if not isinstance(exp, (int, float)) or isinstance(exp, bool):
+        raise TransientError("Altinn token exchange answered a token without a numeric exp")
+    if exp <= time.time():
+        raise TransientError("Altinn token exchange answered a token that has expired")
+    return float(exp)
+
+
+class Download:
+    """One data element's body, read block by block: counted, hashed, never more than ``size`` + 1
+    bytes (one more shows that it is too long), within its deadline. ``close()`` always."""
+
+    def __init__(self, resp: Any, element: DataElement, deadline: Deadline, what: str) -> None:
+        self.resp = resp
+        self.element = element
+        self.deadline = deadline
+        self.what = what
+        self.sha = hashlib.sha256()
+        self.count = 0
+        self._raw = resp.raw
+
+    @property
+    def content_type(self) -> str | None:
+        return self.resp.headers.get("Content-Type")
+
+    def read_block(self, size: int) -> bytes:
+        """Up to ``size`` bytes; fewer only at the end of the body. TransientError as soon as the
+        body runs past the element's size, or is interrupted, or the deadline passes."""
+        import requests
+        import urllib3
+
+        room = self.element.size + 1 - self.count
+        size = min(size, room)
+        if size <= 0:
+            return b""
+        try:
+            data = self._raw.read(size, decode_content=False)
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            if self.deadline.expired:
+                raise self.deadline.error() from None
+            raise TransientError(f"{self.what}: download interrupted ({type(exc).__name__})") from None
+        if self.deadline.expired:
+            raise self.deadline.error()
+        self.sha.update(data)
+        self.count += len(data)
+        if self.count > self.element.size:
+            raise TransientError(f"{self.what}: the body is longer than the {self.element.size} bytes the instance says; cut off")
+        return data
+
+    def finish(self) -> str:
+        """The sha256 (hex) once the whole body was read and its length is the element's size."""
+        if self.count != self.element.size:
+            raise TransientError(f"{self.what}: got {self.count} bytes, the instance says {self.element.size}")
+        return self.sha.hexdigest()
+
+    def close(self) -> None:
+        try:
+            self.resp.close()
+        finally:
+            self.deadline.stop()
 
 
 class AltinnClient:
-    def __init__(self, settings: Settings, session: requests.Session, maskinporten: MaskinportenClient) -> None:
+    def __init__(
+        self, settings: Settings, session: requests.Session, maskinporten: MaskinportenClient, *, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.session = session
         self.maskinporten = maskinporten
-        self.cache = TokenCache(self._exchange)
+        self.cache = TokenCache(self._exchange, clock=clock)
         self._origins = settings.allowed_origins()
         self.retry_sleep = time.sleep  # tests may shorten waits
+        self.min_rate = settings.min_download_rate  # bytes per second, for a download's deadline
 
     # -- tokens ---------------------------------------------------------------------------------
 
@@ -77,20 +158,35 @@ class AltinnClient:
         url = f"{self.settings.platform_url}/authentication/api/v1/exchange/maskinporten"
         for attempt in (1, 2):
             mp_token = self.maskinporten.token()
+            deadline = Deadline(http.CALL_DEADLINE, "Altinn token exchange")
+            with deadline.running():
+                try:
+                    resp = deadline.request(
+                        self.session, "GET", url, headers={"Authorization": f"Bearer {mp_token}"}, timeout=TIMEOUT, allow_redirects=False, stream=True
+                    )
+                except requests.RequestException as exc:
+                    if deadline.expired:
+                        raise deadline.error() from None
+                    raise TransientError(f"Altinn token exchange unreachable ({type(exc).__name__})") from None
+                if resp.status_code == 401 and attempt == 1:
+                    http.drain(resp)
+                    self.maskinporten.cache.invalidate(mp_token)
+                    continue
+                if resp.status_code != 200:
+                    http.drain(resp)
+                    raise TransientError(
+                        f"Altinn token exchange failed (HTTP {resp.status_code})", status=resp.status_code, retry_after=retry_after_seconds(resp)
+                    )
+                body = http.read_capped(resp, http.TOKEN_CAP, "Altinn token exchange", deadline=deadline)
             try:
-                resp = self.session.get(url, headers={"Authorization": f"Bearer {mp_token}"}, timeout=TIMEOUT, allow_redirects=False)
-            except requests.RequestException as exc:
-                raise TransientError(f"Altinn token exchange unreachable ({type(exc).__name__})") from None
-            if resp.status_code == 401 and attempt == 1:
-                self.maskinporten.cache.invalidate(mp_token)
-                continue
-            if resp.status_code != 200:
-                raise TransientError(f"Altinn token exchange failed (HTTP {resp.status_code})", status=resp.status_code, retry_after=retry_after_seconds(resp))
-            token = resp.text.strip().strip('"')
+                token = body.decode("ascii").strip().strip('"')
+            except UnicodeDecodeError:
+                raise TransientError("Altinn token exchange answered something that is not a JWT") from None
             if not token:
                 raise TransientError("Altinn token exchange returned no token")
+            expires = min(_jwt_expiry(token), time.time() + MAX_TOKEN_LIFETIME)
             log.info("altinn token obtained")
-            return token, _jwt_expiry(token)
+            return token, expires
         raise TransientError("Altinn token exchange refused the Maskinporten token (HTTP 401)", status=401)
 
     def token(self) -> str:
@@ -103,10 +199,23 @@ class AltinnClient:
         if f"{parts.scheme}://{parts.netloc}".lower() not in self._origins or parts.username or parts.password:
             raise UntrustedHostError("refusing to send the Altinn token to a host that is not configured")
 
-    def _send(self, method: str, url: str, what: str, *, stream: bool = False, attempts: int = 3, json_body: Any = None) -> requests.Response:
-        """One call with the bearer token, the 401 refresh and brief retries; returns a 2xx response.
+    def _send(
+        self,
+        method: str,
+        url: str,
+        what: str,
+        deadline: Deadline,
+        *,
+        stream: bool = False,
+        attempts: int = 3,
+        json_body: Any = None,
+        weak_404: bool = False,
+    ) -> requests.Response:
+        """One call with the bearer token, the 401 refresh and brief retries, inside ``deadline``
+        (which must be running); returns a 2xx response whose body the caller reads or closes.
 
-        ``json_body`` is sent as JSON (only idempotent calls: a retry may send it twice).
+        ``json_body`` is sent as JSON (only idempotent calls: a retry may send it twice). With
+        ``weak_404`` (storage's instance and data GETs) a 404 is :class:`NotFound`, else permanent.
         """
         import requests
 
@@ -117,36 +226,43 @@ class AltinnClient:
             attempt += 1
             token = self.token()
             try:
-                resp = self.session.request(
+                resp = deadline.request(
+                    self.session,
                     method,
                     url,
                     headers={"Authorization": f"Bearer {token}", "Accept": "application/json" if not stream else "*/*"},
                     timeout=TIMEOUT,
-                    stream=stream,
+                    stream=True,
                     allow_redirects=False,
                     json=json_body,
                 )
             except requests.RequestException as exc:
-                if attempt < attempts:
+                if deadline.expired:
+                    raise deadline.error() from None
+                if attempt < attempts and deadline.remaining() > 1.0:
                     self.retry_sleep(0.2 * attempt)
                     continue
                 raise TransientError(f"{what}: {type(exc).__name__} talking to Altinn") from None
             status = resp.status_code
             if 200 <= status < 300:
                 return resp
-            resp.close()
+            wait = retry_after_seconds(resp)
+            http.drain(resp)
             if status == 401 and not refreshed:
                 refreshed = True
                 self.cache.invalidate(token)
                 attempt -= 1
                 continue
-            if status in (404, 410):
-                raise PermanentError(f"{what}: not found in Altinn (HTTP {status})", status=status)
+            if status == 404 and weak_404:
+                raise NotFound(f"{what}: Altinn answered 404 (not found, or an error inside Altinn storage)", status=status)
+            if status == 404:
+                raise PermanentError(f"{what}: not found in Altinn (HTTP 404)", status=status)
+            if status == 410:
+                raise PermanentError(f"{what}: gone from Altinn (HTTP 410)", status=status)
             if status == 403:
                 raise PermanentError(f"{what}: access denied by Altinn (HTTP 403)", status=status)
             if status in RETRY_STATUSES or status == 401:
-                wait = retry_after_seconds(resp)
-                if attempt < attempts and (wait is None or wait <= MAX_RETRY_AFTER):
+                if attempt < attempts and (wait is None or wait <= MAX_RETRY_AFTER) and deadline.remaining() > (wait or 0) + 1.0:
                     self.retry_sleep(wait if wait is not None else 0.25 * 2**attempt)
                     continue
                 raise TransientError(f"{what}: Altinn answered HTTP {status}", status=status, retry_after=wait)
@@ -154,41 +270,73 @@ class AltinnClient:
                 raise PermanentError(f"{what}: Altinn answered a redirect (HTTP {status}); redirects are not followed", status=status)
             raise PermanentError(f"{what}: Altinn answered HTTP {status}", status=status)
 
-    # -- API ------------------------------------------------------------------------------------
+    def _call_json(
+        self, method: str, url: str, what: str, cap: int, *, until: float | None = None, json_body: Any = None, permanent: bool = False, weak_404: bool = False
+    ) -> Any:
+        deadline = Deadline(http.CALL_DEADLINE, what, until=until)
+        with deadline.running():
+            resp = self._send(method, url, what, deadline, json_body=json_body, weak_404=weak_404)
+            return http.read_json(resp, cap, what, permanent=permanent, deadline=deadline)
+
+    # -- the storage API --------------------------------------------------------------------------
 
     def instance_url(self, ref: InstanceRef) -> str:
-        return self.settings.instance_url(ref.org, ref.app, ref.party_id, ref.instance_guid)
+        return self.settings.storage_instance_url(ref.party_id, ref.instance_guid)
 
-    def get_instance(self, ref: InstanceRef) -> dict[str, Any]:
-        resp = self._send("GET", self.instance_url(ref), "get instance")
-        try:
-            data = resp.json()
-        except ValueError:
-            raise TransientError("get instance: Altinn answered with a body that is not JSON") from None
-        if not isinstance(data, dict):
-            raise TransientError("get instance: Altinn answered with JSON that is not an instance")
-        return data
+    def get_instance(self, ref: InstanceRef, *, until: float | None = None) -> Instance:
+        """Storage's instance document, parsed (InvalidInstance when it does not fit the model)."""
+        doc = self._call_json("GET", self.instance_url(ref), "get instance", http.INSTANCE_CAP, until=until, permanent=True, weak_404=True)
+        return parse_instance(doc, ref)
 
-    def open_data(self, ref: InstanceRef, element_id: str) -> requests.Response:
-        """A streaming response for one data element; the caller closes it."""
-        if not _DATA_ID.fullmatch(element_id):
+    def download_deadline(self, size: int) -> float:
+        return DATA_BASE_DEADLINE + size / self.min_rate
+
+    def open_data(self, ref: InstanceRef, element: DataElement, *, until: float | None = None) -> Download:
+        """The stored bytes of one data element, to be read with :class:`Download` (closed by the caller).
+
+        Refused before the body is read when it is encoded or its ``Content-Length`` is not ``size``.
+        """
+        if not DATA_ID.fullmatch(element.id):
             raise PermanentError("data element id is not a plain identifier")
-        return self._send("GET", f"{self.instance_url(ref)}/data/{element_id}", "download data element", stream=True)
+        what = f"download data element {element.id}"
+        deadline = Deadline(self.download_deadline(element.size), what, until=until)
+        deadline.start()
+        try:
+            resp = self._send("GET", f"{self.instance_url(ref)}/data/{element.id}", what, deadline, stream=True, weak_404=True)
+            try:
+                http.check_identity(resp, what)
+                length = http.content_length(resp, what)
+                if length is not None and length != element.size:
+                    raise TransientError(f"{what}: Content-Length is {length}, the instance says {element.size}; not read")
+            except BaseException:
+                resp.close()
+                raise
+        except BaseException:
+            deadline.stop()
+            raise
+        return Download(resp, element, deadline, what)
 
-    def complete(self, ref: InstanceRef) -> None:
-        """Confirm the download (idempotent on Altinn's side)."""
-        self._send("POST", f"{self.instance_url(ref)}/complete", "confirm instance").close()
+    def complete(self, ref: InstanceRef, *, until: float | None = None) -> None:
+        """Confirm the download (idempotent on Altinn's side). The answer's body is not used: at most
+        a small cap of it is read, to keep the connection."""
+        what = "confirm instance"
+        deadline = Deadline(http.CALL_DEADLINE, what, until=until)
+        with deadline.running():
+            http.drain(self._send("POST", f"{self.instance_url(ref)}/complete", what, deadline))
 
     # -- instance query (catch-up) ----------------------------------------------------------------
 
     def query_url(self, org: str, app: str, *, size: int, continuation_token: str | None = None) -> str:
-        """The storage query for completed, not hard-deleted instances of ``org/app`` we have not confirmed."""
+        """The storage query for completed instances of ``org/app`` that we have not confirmed.
+
+        Hard-deleted instances are *not* filtered out: storage keeps them for the service owner until
+        it has confirmed them (Altinn/altinn-storage src/Storage/Controllers/InstancesController.cs
+        ``ApplyHardDeleteFilter`` filters them only for callers that are not the app owner)."""
         params = [
             ("org", org),
             ("appId", f"{org}/{app}"),
             ("process.isComplete", "true"),
             ("excludeConfirmedBy", org),
-            ("status.isHardDeleted", "false"),
             ("size", str(size)),
         ]
         if continuation_token:
@@ -198,11 +346,7 @@ class AltinnClient:
     def query_instances(self, org: str, app: str, *, size: int = 100, continuation_token: str | None = None) -> InstancePage:
         """One page of the query. The next page's URL is rebuilt from the continuation token alone,
         so a ``next`` link naming another host is never followed (and never gets the token)."""
-        resp = self._send("GET", self.query_url(org, app, size=size, continuation_token=continuation_token), "query instances")
-        try:
-            data = resp.json()
-        except ValueError:
-            raise TransientError("query instances: Altinn answered with a body that is not JSON") from None
+        data = self._call_json("GET", self.query_url(org, app, size=size, continuation_token=continuation_token), "query instances", http.QUERY_CAP)
         if not isinstance(data, dict) or not isinstance(data.get("instances", []), list):
             raise TransientError("query instances: Altinn answered with JSON that is not an instance list")
         instances = [i for i in data.get("instances") or [] if isinstance(i, dict)]
@@ -218,30 +362,33 @@ class AltinnClient:
         base = f"{self.settings.platform_url}/events/api/v1/subscriptions"
         return base if subscription_id is None else f"{base}/{int(subscription_id)}"
 
-    def _json(self, resp: requests.Response, what: str) -> dict[str, Any]:
-        try:
-            data = resp.json()
-        except ValueError:
-            raise TransientError(f"{what}: Altinn answered with a body that is not JSON") from None
+    def _object(self, data: Any, what: str) -> dict[str, Any]:
         if not isinstance(data, dict):
             raise TransientError(f"{what}: Altinn answered with JSON that is not an object")
         return data
 
     def list_subscriptions(self) -> list[dict[str, Any]]:
         """Every subscription of our org (the token's consumer)."""
-        data = self._json(self._send("GET", self.subscriptions_url(), "list subscriptions"), "list subscriptions")
+        what = "list subscriptions"
+        data = self._object(self._call_json("GET", self.subscriptions_url(), what, http.SUBSCRIPTIONS_CAP), what)
         subs = data.get("subscriptions") or []
         return [s for s in subs if isinstance(s, dict)] if isinstance(subs, list) else []
 
     def get_subscription(self, subscription_id: int) -> dict[str, Any]:
-        return self._json(self._send("GET", self.subscriptions_url(subscription_id), "get subscription"), "get subscription")
+        what = "get subscription"
+        return self._object(self._call_json("GET", self.subscriptions_url(subscription_id), what, http.SUBSCRIPTION_CAP), what)
 
     def create_subscription(self, body: dict[str, Any]) -> dict[str, Any]:
-        """POST a subscription. Altinn returns the existing one for an identical request, so a retry is safe."""
-        return self._json(self._send("POST", self.subscriptions_url(), "create subscription", json_body=body), "create subscription")
+        """POST a subscription. Altinn returns the existing one for an identical request (and sends a
+        new validation event), so a retry is safe."""
+        what = "create subscription"
+        return self._object(self._call_json("POST", self.subscriptions_url(), what, http.SUBSCRIPTION_CAP, json_body=body), what)
 
     def delete_subscription(self, subscription_id: int) -> None:
-        self._send("DELETE", self.subscriptions_url(subscription_id), "delete subscription").close()
+        what = "delete subscription"
+        deadline = Deadline(http.CALL_DEADLINE, what)
+        with deadline.running():
+            http.drain(self._send("DELETE", self.subscriptions_url(subscription_id), what, deadline))
 
 
 @dataclass(frozen=True)
@@ -258,12 +405,24 @@ def _origin(url: str) -> str:
 
 
 def _continuation_token(data: dict[str, Any]) -> str | None:
-    """The continuation token of the next page: from ``next`` (Altinn's link), or a bare token field."""
+    """The continuation token of the next page, as ``next`` carries it.
+
+    Storage builds ``next`` with the token URL-encoded twice (``HttpUtility.UrlEncode`` and then the
+    QueryBuilder) and URL-decodes the parameter once more on the way in (Altinn/altinn-storage
+    src/Storage/Controllers/InstancesController.cs ``ExecuteQueryAndBuildResponse``,
+    ``BuildRequestLink``, ``NormalizeContinuationToken``): taking the query value of ``next``
+    (decoded once) and sending it back through ``urlencode`` round-trips it exactly.
+    """
     next_url = data.get("next")
     if isinstance(next_url, str) and next_url:
         values = parse_qs(urlsplit(next_url).query).get("continuationToken")
         if values and values[0]:
+            if len(values[0]) > 4096:
+                raise TransientError("query instances: the continuation token is implausibly long")
             return values[0]
         raise TransientError("query instances: the next link has no continuation token")
     token = data.get("continuationToken")
-    return token if isinstance(token, str) and token else None
+    return token if isinstance(token, str) and token and len(token) <= 4096 else None
+
+
+__all__ = ["AltinnClient", "Download", "InstancePage", "NotFound", "new_session", "safe_text"]

@@ -4,10 +4,18 @@ Layout per instance, under ``{org}/{app}/{partyId}/{instanceGuid}/``:
 
 * ``data/{dataElementId}`` - the bytes, with content type, a content disposition carrying the
   original filename, and metadata (data type, sha256, scan result);
-* ``instance.json`` - the instance as Altinn returned it;
+* ``instance.json`` - the instance as Altinn storage returned it to the attempt that completed the
+  archive (written after the data, just before the manifest; metadata ``sha256``). Like every blob
+  here it is written once: should an earlier attempt have left one with another view of the
+  instance (it stopped before its manifest, and the instance changed meanwhile, say it was hard
+  deleted), this attempt's view goes to ``instance-{time}.json`` and the manifest names it
+  (``instanceBlob``, ``instanceSha256``), so the manifest and its instance document always agree;
 * ``manifest.json`` - written last, only if it does not exist yet (``If-None-Match: *``): its
   presence means the archive is complete. After ``/complete`` succeeded it gets the metadata
-  ``confirmed``.
+  ``confirmed``;
+* ``confirmation-refused/{time}.json`` - written once per refusal when the archive is whole but
+  Altinn refused ``/complete`` (403: the app's policy does not grant it to the org), with the
+  reason: catch-up leaves the instance alone for ``CATCHUP_REFUSED_QUIET_HOURS`` after it.
 
 Large elements are uploaded as blocks that are committed only after the byte count and sha256
 are known and checked, so a partial or corrupt download never becomes a visible blob, whatever
@@ -20,7 +28,7 @@ import hashlib
 import json
 import logging
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -28,15 +36,18 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from shared.errors import TransientError
-from shared.events import InstanceRef
+from shared.models import DataElement, Instance, InstanceRef, ScanResult, iso, parse_time
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
+
+    from shared.altinn import Download
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 INSTANCE = "instance.json"
+REFUSED = "confirmation-refused/"
 MANIFEST_VERSION = 1
 
 
@@ -72,7 +83,7 @@ class ElementResult:
 
     @property
     def infected(self) -> bool:
-        return self.file_scan_result == "Infected"
+        return self.file_scan_result == ScanResult.INFECTED.value
 
     def manifest_entry(self) -> dict[str, Any]:
         return {
@@ -95,6 +106,8 @@ def build_manifest(
     event_id: str | None,
     archived_at: datetime | None = None,
     instance_blob: str | None = None,
+    instance_sha256: str | None = None,
+    instance: Instance | None = None,
 ) -> dict[str, Any]:
     """The manifest document (pure)."""
     entries = [e.manifest_entry() for e in elements]
@@ -107,8 +120,13 @@ def build_manifest(
         "instanceGuid": ref.instance_guid,
         "instanceId": ref.instance_id,
         "eventId": event_id,
-        "archivedAt": archived_at.isoformat().replace("+00:00", "Z"),
+        "archivedAt": iso(archived_at),
         "instanceBlob": instance_blob or ref.prefix + INSTANCE,
+        "instanceSha256": instance_sha256,
+        "processEnded": instance.process_ended if instance else None,
+        # Hard deleted by the submitter or by autoDeleteOnProcessEnd: storage keeps it for the service
+        # owner and purges it once confirmed (see ../shared/altinn-contracts.md section 5).
+        "hardDeleted": instance.hard_deleted if instance else False,
         "dataElements": entries,
         "totalBytes": sum(e["size"] for e in entries),
         "infected": [e["dataElementId"] for e in entries if e["infected"]],
@@ -122,38 +140,16 @@ class ArchiveState:
     manifest: bool = False
     confirmed: str | None = None
     data: dict[str, dict[str, Any]] = field(default_factory=dict)  # element id -> size, metadata, content settings
+    refusals: list[str] = field(default_factory=list)  # times (ISO) Altinn refused /complete, oldest first
+    instance_sha256: str | None = None  # of the stored instance.json, when there is one
+
+    @property
+    def last_refusal(self) -> datetime | None:
+        return parse_time(self.refusals[-1]) if self.refusals else None
 
 
 def _storage_error(what: str, exc: Exception) -> TransientError:
     return TransientError(f"{what}: blob storage failed ({type(exc).__name__})")
-
-
-class _Hashing:
-    """Reads a requests response block by block, counting and hashing every byte.
-
-    Each block is one ``urllib3`` read straight into a buffer of the block's size: no chunk list
-    to join, so a block costs its own size in memory and one copy from the socket.
-    """
-
-    def __init__(self, response: Any) -> None:
-        self._raw = response.raw
-        self.sha = hashlib.sha256()
-        self.count = 0
-
-    def read_block(self, size: int) -> bytes:
-        """Up to ``size`` bytes; fewer only at the end of the body."""
-        if size <= 0:
-            return b""
-        import requests
-        import urllib3
-
-        try:
-            data = self._raw.read(size, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise TransientError(f"download interrupted ({type(exc).__name__})") from None
-        self.sha.update(data)
-        self.count += len(data)
-        return data
 
 
 class Archive:
@@ -178,6 +174,10 @@ class Archive:
                 if rest == MANIFEST:
                     state.manifest = True
                     state.confirmed = (blob.metadata or {}).get("confirmed")
+                elif rest == INSTANCE:
+                    state.instance_sha256 = (blob.metadata or {}).get("sha256") or "unknown"
+                elif rest.startswith(REFUSED) and rest.endswith(".json"):
+                    state.refusals.append((blob.metadata or {}).get("refusedAt") or "")
                 elif rest.startswith("data/"):
                     state.data[rest[5:]] = {
                         "size": blob.size,
@@ -188,6 +188,7 @@ class Archive:
             return ArchiveState()  # no container yet: nothing archived
         except AzureError as exc:
             raise _storage_error("list archive", exc) from None
+        state.refusals.sort()
         return state
 
     # -- writing --------------------------------------------------------------------------------
@@ -227,6 +228,45 @@ class Archive:
             raise _storage_error(f"write {name.rsplit('/', 1)[-1]}", exc) from None
         return True
 
+    def write_instance(self, ref: InstanceRef, document: dict[str, Any], state: ArchiveState) -> tuple[str, str]:
+        """Store the instance document write-once; ``(blob name, sha256)`` for the manifest. See the
+        module docstring: ``instance.json``, or ``instance-{time}.json`` when an earlier attempt left
+        an ``instance.json`` with another view."""
+        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        sha = hashlib.sha256(body).hexdigest()
+        name = ref.prefix + INSTANCE
+        if state.instance_sha256 is None and self._put_once(name, body, sha):
+            return name, sha
+        if state.instance_sha256 == sha or (state.instance_sha256 is None and self._stored_sha256(name) == sha):
+            return name, sha
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        name = f"{ref.prefix}instance-{stamp}.json"
+        if not self._put_once(name, body, sha):
+            raise TransientError("write instance document: a blob of that name exists already")
+        return name, sha
+
+    def _put_once(self, name: str, body: bytes, sha: str) -> bool:
+        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        try:
+            self.container.get_blob_client(name).upload_blob(
+                body, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8"), metadata={"sha256": sha}
+            )
+        except ResourceExistsError:
+            return False
+        except AzureError as exc:
+            raise _storage_error("write instance document", exc) from None
+        return True
+
+    def _stored_sha256(self, name: str) -> str | None:
+        from azure.core.exceptions import AzureError
+
+        try:
+            return (self.container.get_blob_client(name).get_blob_properties().metadata or {}).get("sha256")
+        except AzureError as exc:
+            raise _storage_error("read instance document", exc) from None
+
     def mark_confirmed(self, ref: InstanceRef, when: datetime | None = None) -> None:
         from azure.core.exceptions import AzureError
 
@@ -236,80 +276,68 @@ class Archive:
         except AzureError as exc:
             raise _storage_error("mark manifest confirmed", exc) from None
 
-    def write_element(self, ref: InstanceRef, element: dict[str, Any], response: Any) -> ElementResult:
-        """Stream one data element from an open response into its blob, verified before commit."""
+    def write_refusal(self, ref: InstanceRef, reason: str, status: int | None, when: datetime | None = None) -> bool:
+        """Record, write-once, that Altinn refused ``/complete`` for a whole archive (False if that
+        very record exists already)."""
+        when = when or datetime.now(UTC)
+        stamp = iso(when)
+        name = f"{ref.prefix}{REFUSED}{when.astimezone(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.json"
+        doc = {"instanceId": ref.instance_id, "org": ref.org, "app": ref.app, "refusedAt": stamp, "status": status, "reason": reason}
+        return self.write_json(name, doc, only_if_new=True, metadata={"refusedAt": stamp})
+
+    def write_element(self, ref: InstanceRef, element: DataElement, download: Download) -> ElementResult:
+        """Stream one data element from an open download into its blob, verified before commit.
+
+        The download never yields more than ``size`` + 1 bytes and says the sha256 only when exactly
+        ``size`` bytes came (``Download.finish``), so nothing shorter, longer or cut off is committed."""
         from azure.core.exceptions import AzureError
         from azure.storage.blob import ContentSettings
 
-        element_id = element["id"]
-        name = data_blob_name(ref, element_id)
-        expected = element.get("size")
-        header_length = response.headers.get("Content-Length")
-        encoded = response.headers.get("Content-Encoding", "identity").lower() not in ("", "identity")
-        content_type = element.get("contentType") or response.headers.get("Content-Type") or "application/octet-stream"
-        filename = element.get("filename")
-        reader = _Hashing(response)
+        name = data_blob_name(ref, element.id)
+        content_type = element.content_type or download.content_type or "application/octet-stream"
         blob = self.container.get_blob_client(name)
 
-        def verify() -> str:
-            if header_length is not None and not encoded and header_length.isdigit() and int(header_length) != reader.count:
-                raise TransientError(f"data element {element_id}: got {reader.count} bytes, Content-Length said {header_length}")
-            if isinstance(expected, int) and expected != reader.count:
-                raise TransientError(f"data element {element_id}: got {reader.count} bytes, the instance says {expected}")
-            return reader.sha.hexdigest()
-
         def metadata(sha: str) -> dict[str, str]:
-            meta = {"dataElementId": element_id, "dataType": _meta(element.get("dataType") or ""), "sha256": sha}
-            scan = element.get("fileScanResult")
-            if scan:
-                meta["fileScanResult"] = _meta(scan)
-            if scan == "Infected":
+            meta = {"dataElementId": element.id, "dataType": _meta(element.data_type), "sha256": sha}
+            meta["fileScanResult"] = _meta(element.file_scan_result.value)
+            if element.infected:
                 meta["infected"] = "true"
             return meta
 
-        settings = ContentSettings(content_type=content_type, content_disposition=content_disposition(filename))
-        # An element announced smaller than single_put_max (what the block path holds anyway) is
-        # read into one buffer and sent in one Put Blob: one request instead of blocks + commit, and
-        # the service computes the blob's MD5 itself. Anything else streams block by block.
-        announced = int(header_length) if header_length is not None and not encoded and header_length.isdigit() else expected
+        settings = ContentSettings(content_type=content_type, content_disposition=content_disposition(element.filename))
+        # An element smaller than single_put_max (what the block path holds anyway) is read into one
+        # buffer and sent in one Put Blob: one request instead of blocks + commit, and the service
+        # computes the blob's MD5 itself. Anything else streams block by block.
         try:
-            if isinstance(announced, int) and 0 <= announced < self.single_put_max:
-                blocks = [reader.read_block(announced)]  # one buffer of the announced size
-                if more := reader.read_block(self.block_size):  # longer than announced: stream it as blocks
-                    blocks.append(more)
-                ended = len(blocks) == 1
-            else:
-                blocks = [reader.read_block(self.block_size)]
-                ended = len(blocks[0]) < self.block_size
-            if ended:  # the whole element is in one buffer
-                data = blocks[0]
-                blocks.clear()
-                sha = verify()
+            if element.size < self.single_put_max:
+                data = download.read_block(element.size)  # one buffer of the element's size
+                download.read_block(1)  # raises if the body runs past the size
+                sha = download.finish()
                 blob.upload_blob(data, overwrite=True, content_settings=settings, metadata=metadata(sha), length=len(data))
             else:
-                sha = self._upload_blocks(blob, reader, blocks, verify, settings, metadata)
+                sha = self._upload_blocks(blob, download, settings, metadata)
         except AzureError as exc:
-            raise _storage_error(f"write data element {element_id}", exc) from None
+            raise _storage_error(f"write data element {element.id}", exc) from None
         finally:
-            response.close()
+            download.close()
         return ElementResult(
-            data_element_id=element_id,
-            data_type=element.get("dataType"),
+            data_element_id=element.id,
+            data_type=element.data_type,
             content_type=content_type,
-            filename=filename,
-            size=reader.count,
+            filename=element.filename,
+            size=download.count,
             sha256=sha,
             blob=name,
-            file_scan_result=element.get("fileScanResult"),
+            file_scan_result=element.file_scan_result.value,
         )
 
-    def _upload_blocks(self, blob: Any, reader: _Hashing, blocks: list[bytes], verify: Any, settings: Any, metadata: Any) -> str:
-        """Stage ``blocks`` (read ahead), then the rest of the body, ``upload_concurrency`` at a time."""
+    def _upload_blocks(self, blob: Any, reader: Download, settings: Any, metadata: Callable[[str], dict[str, str]]) -> str:
+        """Stage the body block by block, ``upload_concurrency`` at a time; commit once verified."""
         attempt = uuid.uuid4().hex[:12]  # block ids unique per attempt: two writers never mix blocks
         ids: list[str] = []
         pending: list[Future[Any]] = []
         try:
-            while block := (blocks.pop(0) if blocks else reader.read_block(self.block_size)):
+            while block := reader.read_block(self.block_size):
                 block_id = f"{attempt}-{len(ids):08d}"
                 ids.append(block_id)
                 pending.append(self._blocks.submit(blob.stage_block, block_id, block, length=len(block), validate_content=True))
@@ -321,6 +349,6 @@ class Archive:
             for future in pending:
                 future.cancel()
             raise
-        sha = verify()  # nothing is committed unless the bytes are all there
+        sha = reader.finish()  # nothing is committed unless the bytes are all there
         blob.commit_block_list(ids, content_settings=settings, metadata=metadata(sha))
         return sha

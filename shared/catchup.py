@@ -2,10 +2,11 @@
 
 Events can be missed (the webhook down longer than Altinn's ~35 hours of retries, a subscription
 not validated yet, a bad deploy). For each app in ``ALTINN_APPS`` this asks Altinn storage for
-instances whose process is complete, that are not hard deleted and that our org has not confirmed
-(``excludeConfirmedBy``), page by page, and enqueues each on ``altinn-events`` with the webhook's
-message shape (``via: "catch-up"``). The archive function is idempotent, so an instance that the
-webhook also delivers is archived once.
+instances whose process is complete and that our org has not confirmed (``excludeConfirmedBy``),
+hard-deleted ones included (storage keeps those for the service owner until it confirms them), page
+by page, and enqueues each on ``altinn-events`` with the webhook's message shape
+(``via: "catch-up"``). The archive function is idempotent, so an instance that the webhook also
+delivers is archived once.
 
 Bounds, so one run never exceeds the function timeout and never floods the queue:
 
@@ -15,10 +16,13 @@ Bounds, so one run never exceeds the function timeout and never floods the queue
 * apps are paged round-robin, so one app with a large backlog does not starve the others.
 
 Per instance, what is stored decides (one listing call): archived and confirmed by us -> skipped
-(Altinn's list lags behind); archived but not confirmed -> enqueued so it is confirmed; nothing ->
-enqueued. An instance seen twice in one run (pages shift while instances get confirmed) is enqueued
-once. The next page is requested by rebuilding the URL from the continuation token: a ``next`` link
-naming another host never gets the bearer token.
+(Altinn's list lags behind); archived, not confirmed, and Altinn refused ``/complete`` less than
+``CATCHUP_REFUSED_QUIET_HOURS`` ago -> left alone (the app's policy has to change first; a run
+every hour would only park it again); archived but not confirmed -> enqueued so it is confirmed;
+nothing -> enqueued. An instance seen twice in one run (pages shift while instances get confirmed)
+is enqueued once. The next page is requested by rebuilding the URL from the continuation token: a
+``next`` link naming another host never gets the bearer token. A continuation token or a page that
+comes back a second time in one run is a cycle: that app's run stops and is reported as failed.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared import events, telemetry
 from shared.errors import MottakError, TransientError
-from shared.events import InstanceRef
+from shared.models import InstanceRef, utc_now
 from shared.runtime import Runtime
 
 log = logging.getLogger("altinn_mottak.catchup")
@@ -46,6 +51,7 @@ MAX_LISTED = 1000  # instances named in one report
 NEW = "new"  # nothing archived: enqueued
 AWAITING = "awaiting-confirmation"  # archive complete, not confirmed: enqueued (once per run)
 CONFIRMED = "confirmed"  # archived and confirmed by us: skipped
+REFUSED = "confirmation-refused"  # archived, /complete refused recently (403): left alone for the quiet hours
 DUPLICATE = "duplicate"  # already handled in this run: skipped
 INVALID = "invalid"  # not an instance of this app, or not complete/not ours to take: skipped
 
@@ -57,11 +63,13 @@ class AppReport:
     found: int = 0
     enqueued: int = 0
     awaiting_confirmation: int = 0
-    skipped: dict[str, int] = field(default_factory=lambda: {CONFIRMED: 0, DUPLICATE: 0, INVALID: 0})
+    skipped: dict[str, int] = field(default_factory=lambda: {CONFIRMED: 0, REFUSED: 0, DUPLICATE: 0, INVALID: 0})
     pages: int = 0
     complete: bool = False  # the query was followed to its last page
     error: str | None = None
     continuation_token: str | None = field(default=None, repr=False)
+    seen_tokens: set[str] = field(default_factory=set, repr=False)
+    seen_pages: set[tuple[str, ...]] = field(default_factory=set, repr=False)
 
     @property
     def app_id(self) -> str:
@@ -153,9 +161,8 @@ def _candidate(org: str, app: str, doc: dict[str, Any]) -> InstanceRef | None:
         return None
     if doc.get("appId") not in (None, ref.app_id) or doc.get("org") not in (None, org):
         return None
-    status = doc.get("status") if isinstance(doc.get("status"), dict) else {}
     process = doc.get("process") if isinstance(doc.get("process"), dict) else {}
-    if status.get("isHardDeleted") or not process.get("ended"):
+    if not process.get("ended"):
         return None  # the query says otherwise; trust the instance, not the filter
     confirmations = doc.get("completeConfirmations") or []
     if isinstance(confirmations, list) and any(isinstance(c, dict) and c.get("stakeholderId") == org for c in confirmations):
@@ -173,6 +180,7 @@ def run_catchup(
     page_size: int = PAGE_SIZE,
     progress: Callable[[CatchupReport], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
+    now: Callable[[], datetime] = utc_now,
 ) -> CatchupReport:
     """One catch-up run. Errors are recorded in the report (``report.ok``), not raised, so the
     counts of what did happen are never lost; the timer function raises afterwards."""
@@ -207,10 +215,15 @@ def run_catchup(
         )
         return finish()
 
+    quiet = timedelta(hours=settings.catchup_refused_quiet_hours)
+
     def handle(ref: InstanceRef) -> str:
         state = rt.archive.state(ref)
         if state.manifest and state.confirmed:
             return CONFIRMED
+        refused = state.last_refusal
+        if state.manifest and refused is not None and now() - refused < quiet:
+            return REFUSED
         kind = AWAITING if state.manifest else NEW
         if not dry_run:
             from shared.pipeline import enqueue
@@ -267,8 +280,8 @@ def run_catchup(
                     log.error("%s", report.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
                     break
                 for ref, kind in zip(batch, kinds, strict=True):
-                    if kind == CONFIRMED:
-                        entry.skipped[CONFIRMED] += 1
+                    if kind in (CONFIRMED, REFUSED):
+                        entry.skipped[kind] += 1
                     else:
                         entry.enqueued += 1
                         entry.awaiting_confirmation += 1 if kind == AWAITING else 0
@@ -277,13 +290,18 @@ def run_catchup(
                         else:
                             report.instances_truncated = True
                 next_token = page.continuation_token
+                signature = tuple(str(doc.get("id")) for doc in page.instances)
                 if next_token is None:
                     entry.complete = True
                     active.remove(entry)
-                elif next_token == entry.continuation_token:
-                    entry.error = "the query returned the same continuation token twice"
+                elif next_token in entry.seen_tokens or next_token == entry.continuation_token or (signature and signature in entry.seen_pages):
+                    entry.error = "the query's continuation came back to a page it had already given (a cycle); stopped this app's run"
+                    log.error("catch-up: %s", entry.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
                     active.remove(entry)
                 else:
+                    entry.seen_tokens.add(next_token)
+                    if signature:
+                        entry.seen_pages.add(signature)
                     entry.continuation_token = next_token
                 if progress is not None:
                     progress(report)

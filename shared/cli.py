@@ -46,6 +46,15 @@ class Failure(Exception):
 # -- output -----------------------------------------------------------------------------------
 
 
+def terminal_text(text: str) -> str:
+    """Text for a terminal, line by line: whatever came from upstream (a reason, a poison message,
+    an error body) has its control characters shown escaped, so it cannot move the cursor, clear
+    the screen or overwrite a line we printed. (JSON output escapes them by itself.)"""
+    from shared.http import safe_text
+
+    return "\n".join(safe_text(line, 100_000) for line in text.split("\n"))
+
+
 class Progress:
     """One updating status line on stderr (a terminal), or a line per update (``--progress``)."""
 
@@ -66,10 +75,10 @@ class Progress:
         self._last = now
         if self.tty:
             pad = max(0, self._width - len(text))
-            self.stream.write("\r" + text + " " * pad)
+            self.stream.write("\r" + terminal_text(text) + " " * pad)
             self._width = len(text)
         else:
-            self.stream.write(text + "\n")
+            self.stream.write(terminal_text(text) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -91,12 +100,12 @@ class Output:
         if self.as_json:
             self.stdout.write(json.dumps(payload, indent=2, ensure_ascii=False, default=str) + "\n")
         else:
-            self.stdout.write(text.rstrip("\n") + "\n")
+            self.stdout.write(terminal_text(text.rstrip("\n")) + "\n")
         self.stdout.flush()
 
     def error(self, message: str, payload: dict[str, Any] | None = None) -> None:
         self.progress.close()
-        self.stderr.write(f"{PROG}: error: {message}\n")
+        self.stderr.write(f"{PROG}: error: {terminal_text(message)}\n")
         self.stderr.flush()
         if self.as_json:
             doc = {"ok": False, "error": message}
@@ -247,21 +256,26 @@ def _token_check(rt: Any) -> dict[str, Any]:
     started = time.monotonic()
     try:
         rt.altinn.token()  # a Maskinporten grant and the Altinn exchange, unless cached
-    except ConfigError as exc:
-        hint = ""
-        if (os.environ.get(exc.setting) or "").strip().startswith("@Microsoft.KeyVault("):
-            hint = " (it is a Key Vault reference, which only the Functions platform resolves: export the key itself)"
-        return {"ok": False, "error": f"{exc}{hint}", "seconds": round(time.monotonic() - started, 3)}
+    except ConfigError as exc:  # UnresolvedKeyVaultReference says what to check
+        return {"ok": False, "error": str(exc), "seconds": round(time.monotonic() - started, 3)}
     except MottakError as exc:
         return {"ok": False, "error": str(exc), "seconds": round(time.monotonic() - started, 3)}
     return {"ok": True, "error": None, "seconds": round(time.monotonic() - started, 3)}
 
 
+REFUSED_CAUSE = (
+    "the app's policy does not grant the 'complete' action to the org at the instance's end event (the standard "
+    "policy grants it at EndEvent_1 only): fix the app's policy.xml, then `altinn-mottak archive ORG/APP PARTYID/GUID`"
+)
+
+
 def recent_archives(rt: Any, limit: int = 10, scan_limit: int = 5000) -> dict[str, Any]:
-    """Newest manifests among the first ``scan_limit`` blobs (a bounded listing, by name)."""
-    from shared.archive import MANIFEST
+    """Newest manifests among the first ``scan_limit`` blobs (a bounded listing, by name), and the
+    archives whose confirmation Altinn refused."""
+    from shared.archive import MANIFEST, REFUSED
 
     found: list[tuple[Any, str, str | None]] = []
+    refused: dict[str, str] = {}
     scanned = 0
     truncated = False
     for blob in rt.container.list_blobs(include=["metadata"], results_per_page=min(scan_limit, 5000)):
@@ -271,9 +285,14 @@ def recent_archives(rt: Any, limit: int = 10, scan_limit: int = 5000) -> dict[st
         scanned += 1
         if blob.name.endswith("/" + MANIFEST):
             found.append((blob.last_modified, blob.name[: -len(MANIFEST) - 1], (blob.metadata or {}).get("confirmed")))
+        elif f"/{REFUSED}" in blob.name:
+            prefix = blob.name.split(f"/{REFUSED}", 1)[0]
+            refused[prefix] = max(refused.get(prefix, ""), (blob.metadata or {}).get("refusedAt") or "")
     found.sort(key=lambda f: f[0], reverse=True)
     items = [{"instance": name, "lastModified": when.isoformat() if when else None, "confirmed": confirmed} for when, name, confirmed in found[:limit]]
-    return {"items": items, "manifests": len(found), "scanned": scanned, "truncated": truncated}
+    confirmed = {name for _, name, c in found if c}
+    unconfirmable = [{"instance": name, "lastRefusal": at, "likelyCause": REFUSED_CAUSE} for name, at in sorted(refused.items()) if name not in confirmed]
+    return {"items": items, "manifests": len(found), "scanned": scanned, "truncated": truncated, "confirmationRefused": unconfirmable}
 
 
 def cmd_status(args: argparse.Namespace, out: Output) -> int:
@@ -296,13 +315,19 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
             queues[name] = None
             shown[name] = "?"
             problems.append(str(exc))
-    recent: dict[str, Any] = {"items": [], "manifests": 0, "scanned": 0, "truncated": False}
+    recent: dict[str, Any] = {"items": [], "manifests": 0, "scanned": 0, "truncated": False, "confirmationRefused": []}
     try:
         recent = recent_archives(rt, args.recent, args.scan_limit)
     except ResourceNotFoundError:
         pass  # no container yet: nothing archived
     except AzureError as exc:
         problems.append(f"cannot list the archive ({type(exc).__name__})")
+    deferred: list[dict[str, Any]] = []
+    deferred_more = False
+    try:
+        deferred, deferred_more = rt.retry_records.list(limit=args.recent)
+    except AzureError as exc:
+        problems.append(f"cannot list the deferred attempts ({type(exc).__name__})")
     token = None if args.no_token else _token_check(rt)
     if token is not None and not token["ok"]:
         problems.append(f"token: {token['error']}")
@@ -317,6 +342,8 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
         "catchupSchedule": s.catchup_schedule,
         "queues": queues,
         "recentArchives": recent,
+        "confirmationRefused": recent["confirmationRefused"],
+        "deferred": {"items": deferred, "more": deferred_more},
         "token": token,
     }
     lines = [
@@ -338,6 +365,16 @@ def cmd_status(args: argparse.Namespace, out: Output) -> int:
     for item in recent["items"]:
         state = f"confirmed {item['confirmed']}" if item["confirmed"] else "NOT confirmed"
         lines.append(f"    {item['lastModified']}  {item['instance']}  {state}")
+    if recent["confirmationRefused"]:
+        lines.append(f"  archived, confirmation refused: {len(recent['confirmationRefused'])} (likely cause: {REFUSED_CAUSE})")
+        for item in recent["confirmationRefused"][: args.recent]:
+            lines.append(f"    {item['instance']}  last refused {item['lastRefusal'] or '?'}")
+    if deferred:
+        lines.append(f"  deferred:  {len(deferred)}{'+' if deferred_more else ''} instance(s) waiting for their next attempt")
+        for d in deferred:
+            inst = d.get("instance") or {}
+            where = f"{inst.get('org')}/{inst.get('app')}/{inst.get('partyId')}/{inst.get('instanceGuid')}"
+            lines.append(f"    {where}  attempt {d.get('attempt')}, next {d.get('nextAttemptAt')}: {d.get('lastReason')}")
     for problem in problems:
         lines.append(f"  problem:   {problem}")
     out.result(payload, "\n".join(lines))
@@ -440,7 +477,7 @@ def cmd_catch_up(args: argparse.Namespace, out: Output) -> int:
 
 def cmd_archive(args: argparse.Namespace, out: Output) -> int:
     from shared import events, telemetry
-    from shared.errors import PermanentError, TransientError
+    from shared.errors import ConfigError, PermanentError, TransientError
 
     rt = _runtime()
     org, app = args.app
@@ -467,17 +504,19 @@ def cmd_archive(args: argparse.Namespace, out: Output) -> int:
     with telemetry.log_context(instance=ref.instance_id, org=ref.org, app=ref.app, via="cli"):
         try:
             result = archive_instance(rt, ref)
+        except ConfigError:
+            raise
         except (PermanentError, TransientError) as exc:
             kind = "permanent" if isinstance(exc, PermanentError) else "transient"
             telemetry.record_failure(kind, org=ref.org, app=ref.app, status=exc.status)
             raise Failure(f"{target}: {kind} failure: {exc}", {"instance": ref.to_dict(), "outcome": f"{kind}-failure", "status": exc.status}) from None
     telemetry.record_result(result.outcome, org=ref.org, app=ref.app, via="cli", nbytes=result.bytes)
-    payload = {"ok": True, "instance": ref.to_dict(), "outcome": result.outcome, "elements": result.elements, "bytes": result.bytes}
+    payload = {"ok": True, "instance": ref.to_dict(), "outcome": result.outcome.value, "elements": result.elements, "bytes": result.bytes}
     text = {
         "archived": f"{target}: archived {result.elements} data element(s), {result.bytes} bytes, and confirmed",
         "confirmed-only": f"{target}: was archived already; confirmed now",
         "already-archived": f"{target}: already archived and confirmed; nothing to do",
-    }.get(result.outcome, f"{target}: {result.outcome}")
+    }.get(result.outcome.value, f"{target}: {result.outcome.value}")
     out.result(payload, text)
     return OK
 
@@ -522,10 +561,12 @@ def cmd_replay_poison(args: argparse.Namespace, out: Output) -> int:
     lines.extend(f"  {e.instance}  [{e.parked_by}]  {e.reason}" for e in report.replayed)
     if report.delete_failed:
         lines.append(f"{report.delete_failed} replayed message(s) could not be deleted from the poison queue and are there twice (harmless)")
+    for skipped in report.skipped:
+        lines.append(f"  skipped {skipped['messageId']}: {skipped['reason']} (left on the poison queue)")
     if instances and not report.replayed:
         lines.append("no poison message matched the given instance(s)")
     out.result(report.to_dict(), "\n".join(lines))
-    return OK if report.delete_failed == 0 else FAILED
+    return OK if report.ok else FAILED
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace, Output], int]] = {

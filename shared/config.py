@@ -37,10 +37,16 @@ STORAGE = "AzureWebJobsStorage"
 # Tuning, optional.
 ARCHIVE_PARALLEL_DOWNLOADS = "ARCHIVE_PARALLEL_DOWNLOADS"
 ARCHIVE_BLOCK_SIZE_MIB = "ARCHIVE_BLOCK_SIZE_MIB"
+ARCHIVE_MIN_DOWNLOAD_RATE_KIB = "ARCHIVE_MIN_DOWNLOAD_RATE_KIB"
+# The archive function's own retry schedule (transient failures), and where it keeps its state.
+ARCHIVE_RETRY_SCHEDULE = "ARCHIVE_RETRY_SCHEDULE"
+ARCHIVE_RETRY_MAX_HOURS = "ARCHIVE_RETRY_MAX_HOURS"
+ARCHIVE_STATE_CONTAINER = "ARCHIVE_STATE_CONTAINER"
 # Catch-up (the timer function and `altinn-mottak catch-up`).
 CATCHUP_SCHEDULE = "CATCHUP_SCHEDULE"
 CATCHUP_MAX_INSTANCES = "CATCHUP_MAX_INSTANCES"
 CATCHUP_TIME_BUDGET_SECONDS = "CATCHUP_TIME_BUDGET_SECONDS"
+CATCHUP_REFUSED_QUIET_HOURS = "CATCHUP_REFUSED_QUIET_HOURS"
 
 SETTING_NAMES: tuple[str, ...] = (
     ALTINN_ENVIRONMENT,
@@ -58,9 +64,14 @@ SETTING_NAMES: tuple[str, ...] = (
     STORAGE,
     ARCHIVE_PARALLEL_DOWNLOADS,
     ARCHIVE_BLOCK_SIZE_MIB,
+    ARCHIVE_MIN_DOWNLOAD_RATE_KIB,
+    ARCHIVE_RETRY_SCHEDULE,
+    ARCHIVE_RETRY_MAX_HOURS,
+    ARCHIVE_STATE_CONTAINER,
     CATCHUP_SCHEDULE,
     CATCHUP_MAX_INSTANCES,
     CATCHUP_TIME_BUDGET_SECONDS,
+    CATCHUP_REFUSED_QUIET_HOURS,
 )
 
 # Queue names are part of the contract with infra/ and the bindings in function_app.py.
@@ -70,6 +81,15 @@ POISON_QUEUE = EVENTS_QUEUE + "-poison"
 DEFAULT_EVENT_TYPES = "app.instance.process.completed"
 DEFAULT_SCOPES = "altinn:serviceowner/instances.read altinn:serviceowner/instances.write"
 DEFAULT_CONTAINER = "altinn-data"
+DEFAULT_STATE_CONTAINER = "altinn-mottak-state"
+DEFAULT_RETRY_SCHEDULE = (60.0, 120.0, 300.0, 900.0, 1800.0, 3600.0)  # seconds; the last one repeats
+DEFAULT_RETRY_MAX_HOURS = 24.0
+MAX_RETRY_DELAY = 7 * 24 * 3600.0  # a queue message's visibility can be delayed at most 7 days
+DEFAULT_MIN_DOWNLOAD_RATE_KIB = 1024  # a download may take 60 s + size / this rate
+DEFAULT_REFUSED_QUIET_HOURS = 24.0
+# One archive invocation stays well inside host.json's functionTimeout (30 min; a test pins both):
+# past this budget the attempt stops (transient) and the next one reuses what is stored.
+INVOCATION_BUDGET_SECONDS = 20 * 60.0
 DEFAULT_STORAGE = "UseDevelopmentStorage=true"
 DEFAULT_CATCHUP_SCHEDULE = "0 7 * * * *"  # hourly, at minute 7 (UTC)
 DEFAULT_CATCHUP_MAX_INSTANCES = 5000
@@ -137,6 +157,11 @@ class Settings:
     catchup_schedule: str = DEFAULT_CATCHUP_SCHEDULE
     catchup_max_instances: int = DEFAULT_CATCHUP_MAX_INSTANCES
     catchup_time_budget: float = DEFAULT_CATCHUP_TIME_BUDGET
+    catchup_refused_quiet_hours: float = DEFAULT_REFUSED_QUIET_HOURS
+    min_download_rate: int = DEFAULT_MIN_DOWNLOAD_RATE_KIB * 1024  # bytes per second
+    retry_schedule: tuple[float, ...] = DEFAULT_RETRY_SCHEDULE
+    retry_max_hours: float = DEFAULT_RETRY_MAX_HOURS
+    state_container: str = DEFAULT_STATE_CONTAINER
 
     def apps_base(self, org: str) -> str:
         """The configured app host for ``org``: scheme, host and port, no trailing slash."""
@@ -147,13 +172,20 @@ class Settings:
         return self.maskinporten_issuer + "token"
 
     def allowed_origins(self) -> frozenset[str]:
-        """Origins (scheme://host[:port]) that may receive our bearer tokens."""
-        origins = {_origin(self.platform_url)}
-        origins.update(_origin(self.apps_base(org)) for org, _ in self.apps)
-        return frozenset(origins)
+        """Origins (scheme://host[:port]) that may receive our bearer tokens: the platform only.
 
-    def instance_url(self, org: str, app: str, party_id: str, instance_guid: str) -> str:
-        return f"{self.apps_base(org)}/{org}/{app}/instances/{party_id}/{instance_guid}"
+        Instances, data, ``/complete``, the query, subscriptions and the token exchange are all on
+        the platform host; the app host is never called (see shared/altinn.py)."""
+        return frozenset({_origin(self.platform_url)})
+
+    def storage_instance_url(self, party_id: str, instance_guid: str) -> str:
+        """The instance on the storage API (Altinn/altinn-storage src/Storage/Controllers/InstancesController.cs:
+        ``[Route("storage/api/v1/instances")]``, ``[HttpGet("{instanceOwnerPartyId:int}/{instanceGuid:guid}")]``)."""
+        return f"{self.platform_url}/storage/api/v1/instances/{party_id}/{instance_guid}"
+
+    def retry_delay(self, attempt: int) -> float:
+        """Seconds before attempt ``attempt + 1`` (``attempt`` failed so far, >= 1); the last repeats."""
+        return self.retry_schedule[min(max(attempt, 1), len(self.retry_schedule)) - 1]
 
 
 def _origin(url: str) -> str:
@@ -249,6 +281,36 @@ def _parse_schedule(raw: str | None) -> str:
     return " ".join(fields)
 
 
+def _parse_hours(name: str, raw: str | None, default: float, lo: float, hi: float) -> float:
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(name, "must be a number of hours") from None
+    if not (lo <= value <= hi):  # also refuses NaN
+        raise ConfigError(name, f"must be between {lo:g} and {hi:g} hours")
+    return value
+
+
+def _parse_retry_schedule(raw: str | None) -> tuple[float, ...]:
+    """``60,120,300``: seconds before each next attempt, the last one repeating."""
+    if raw is None or not raw.strip():
+        return DEFAULT_RETRY_SCHEDULE
+    delays = []
+    for item in raw.split(","):
+        try:
+            value = float(item.strip())
+        except ValueError:
+            raise ConfigError(ARCHIVE_RETRY_SCHEDULE, "must be seconds, comma separated, e.g. '60,120,300'") from None
+        if not (0 <= value <= MAX_RETRY_DELAY):
+            raise ConfigError(ARCHIVE_RETRY_SCHEDULE, f"each delay must be between 0 and {MAX_RETRY_DELAY:.0f} seconds (7 days)")
+        delays.append(value)
+    if not delays or len(delays) > 100:
+        raise ConfigError(ARCHIVE_RETRY_SCHEDULE, "must list between 1 and 100 delays")
+    return tuple(delays)
+
+
 def _storage(env: Mapping[str, str]) -> StorageConfig:
     conn = env.get(STORAGE)
     if conn and conn.strip():
@@ -305,6 +367,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     container = get(ARCHIVE_CONTAINER) or DEFAULT_CONTAINER
     if not _CONTAINER.match(container):
         raise ConfigError(ARCHIVE_CONTAINER, "is not a valid blob container name")
+    state_container = get(ARCHIVE_STATE_CONTAINER) or DEFAULT_STATE_CONTAINER
+    if not _CONTAINER.match(state_container) or state_container == container:
+        raise ConfigError(ARCHIVE_STATE_CONTAINER, "is not a valid blob container name other than ARCHIVE_CONTAINER")
     return Settings(
         environment=environment,
         apps=apps,
@@ -326,6 +391,14 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         catchup_time_budget=_parse_int(
             CATCHUP_TIME_BUDGET_SECONDS, env.get(CATCHUP_TIME_BUDGET_SECONDS), DEFAULT_CATCHUP_TIME_BUDGET, 10, MAX_CATCHUP_TIME_BUDGET
         ),
+        catchup_refused_quiet_hours=_parse_hours(CATCHUP_REFUSED_QUIET_HOURS, env.get(CATCHUP_REFUSED_QUIET_HOURS), DEFAULT_REFUSED_QUIET_HOURS, 0, 24 * 30),
+        min_download_rate=_parse_int(
+            ARCHIVE_MIN_DOWNLOAD_RATE_KIB, env.get(ARCHIVE_MIN_DOWNLOAD_RATE_KIB), DEFAULT_MIN_DOWNLOAD_RATE_KIB, 1, 1024 * 1024
+        )
+        * 1024,
+        retry_schedule=_parse_retry_schedule(env.get(ARCHIVE_RETRY_SCHEDULE)),
+        retry_max_hours=_parse_hours(ARCHIVE_RETRY_MAX_HOURS, env.get(ARCHIVE_RETRY_MAX_HOURS), DEFAULT_RETRY_MAX_HOURS, 0.001, 24 * 7),
+        state_container=state_container,
     )
 
 

@@ -15,70 +15,28 @@ and the archive function rebuilds every URL from the configured hosts.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from shared.config import Settings
 from shared.errors import InvalidEvent
+from shared.models import MESSAGE_VERSION, EventInfo, InstanceRef, QueueMessage, iso, utc_now
+from shared.models import parse_message as parse_message
+
+__all__ = ["MESSAGE_VERSION", "InstanceRef", "evaluate", "parse_message", "queue_message"]
 
 MAX_BODY_BYTES = 64 * 1024
 VALIDATION_TYPE = "platform.events.validatesubscription"
-MESSAGE_VERSION = 1
 
 _GUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 _PARTY = re.compile(r"[1-9][0-9]{0,18}")
 _ID = re.compile(r"[\x21-\x7e]{1,256}")  # printable ASCII, no spaces or control characters
 _TYPE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")
-_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?")
 _JSON_TYPES = ("application/json", "application/cloudevents+json", "text/json")
-
-
-@dataclass(frozen=True)
-class InstanceRef:
-    """What identifies an instance: everything else is derived from configuration."""
-
-    org: str
-    app: str
-    party_id: str
-    instance_guid: str
-
-    @property
-    def instance_id(self) -> str:
-        return f"{self.party_id}/{self.instance_guid}"
-
-    @property
-    def app_id(self) -> str:
-        return f"{self.org}/{self.app}"
-
-    @property
-    def prefix(self) -> str:
-        """Blob name prefix of this instance's archive."""
-        return f"{self.org}/{self.app}/{self.party_id}/{self.instance_guid}/"
-
-    def to_dict(self) -> dict[str, str]:
-        return {"org": self.org, "app": self.app, "partyId": self.party_id, "instanceGuid": self.instance_guid}
-
-    @classmethod
-    def parse(cls, org: str, app: str, instance_id: str) -> InstanceRef:
-        """From ``org``, ``app`` and ``partyId/instanceGuid``; raises ValueError when malformed."""
-        party, _, guid = instance_id.partition("/")
-        guid = guid.lower()
-        if not (_NAME.fullmatch(org) and _NAME.fullmatch(app) and _PARTY.fullmatch(party) and _GUID.fullmatch(guid)):
-            raise ValueError(f"not an instance reference: {org}/{app} {instance_id[:100]!r}")
-        return cls(org, app, party, guid)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> InstanceRef:
-        try:
-            return cls.parse(str(data["org"]), str(data["app"]), f"{data['partyId']}/{data['instanceGuid']}")
-        except KeyError as exc:
-            raise ValueError(f"instance reference lacks {exc.args[0]}") from None
 
 
 @dataclass(frozen=True)
@@ -229,28 +187,7 @@ def evaluate(settings: Settings, body: bytes, content_type: str | None = None, *
 
 
 def queue_message(event: Event | None, ref: InstanceRef, *, via: str, now: datetime | None = None) -> dict[str, Any]:
-    """The message on ``altinn-events``; the webhook, catch-up and the CLI all write this shape."""
-    now = now or datetime.now(UTC)
-    return {
-        "version": MESSAGE_VERSION,
-        "event": None if event is None else {"id": event.id, "type": event.type, "source": event.source, "time": event.time},
-        "instance": ref.to_dict(),
-        "via": via,
-        "queuedAt": now.isoformat().replace("+00:00", "Z"),
-    }
-
-
-def parse_message(body: bytes | str) -> tuple[InstanceRef, dict[str, Any]]:
-    """Queue message -> (InstanceRef, message). ValueError when it is not ours."""
-    if isinstance(body, bytes):
-        body = body.decode("utf-8")
-    try:
-        data = json.loads(body)
-    except ValueError:
-        try:
-            data = json.loads(base64.b64decode(body, validate=True).decode("utf-8"))
-        except (binascii.Error, ValueError):
-            raise ValueError("the queue message is not JSON") from None
-    if not isinstance(data, dict) or not isinstance(data.get("instance"), dict):
-        raise ValueError("the queue message has no instance reference")
-    return InstanceRef.from_dict(data["instance"]), data
+    """The message on ``altinn-events`` (:class:`~shared.models.QueueMessage`); the webhook, catch-up
+    and the CLI all write this shape."""
+    info = None if event is None else EventInfo(event.id, event.type, event.source, event.time)
+    return QueueMessage(ref=ref, via=via, queued_at=iso(now or utc_now()), event=info).to_dict()

@@ -1,47 +1,68 @@
-"""Archive one instance: the order of steps, idempotency, confirmation, and the webhook's enqueue.
+"""Archive one instance: the order of steps, idempotency, confirmation, retries, and the webhook's enqueue.
 
 Order for one instance (each step only after the one before succeeded):
 
 1. list what is stored; a manifest means the archive is complete:
    confirmed -> nothing to do; not confirmed -> confirm only;
-2. GET the instance from the configured app host (never the event's ``source``);
-3. refuse to archive while a file scan is ``Pending`` (transient: the queue retries later);
-4. write ``instance.json``, then stream every data element (bounded parallelism), skipping
-   elements an earlier attempt already stored with a matching size and sha256;
-5. write ``manifest.json`` (only if absent);
-6. POST ``/complete``; then mark the manifest ``confirmed``.
+2. GET the instance from Altinn **storage** (never the app API, never the event's ``source``),
+   parsed into :class:`~shared.models.Instance` (fail closed: a document that does not fit is a
+   permanent failure naming the member, and nothing is written or confirmed);
+3. refuse to archive while a file scan is ``Pending`` (transient: the retry schedule waits for it);
+4. stream every data element (bounded parallelism), skipping elements an earlier attempt already
+   stored with a matching size and sha256;
+5. write the instance document (``instance.json``: this attempt's view, so that it and the
+   manifest agree), then ``manifest.json`` (only if absent);
+6. POST ``/complete``; then mark the manifest ``confirmed``. A 403 there means the archive is whole
+   but the app's policy refuses the confirmation: recorded next to the archive, parked once.
 
-A transient failure raises (queue retry, then poison). A permanent one puts the message on the
-poison queue at once with its reason, so it is not retried five times for nothing and an
-operator sees it next to the others.
+Hard-deleted instances are archived and confirmed like any other (storage keeps them for the
+service owner until it has confirmed them); the manifest says ``hardDeleted``.
+
+Failures (:func:`handle_message`): a transient one schedules the next attempt on the queue
+(:mod:`shared.retries`, ``outcome=deferred``) and parks after ``ARCHIVE_RETRY_MAX_HOURS``; a
+permanent one parks at once with its reason (``outcome=parked``), so it is not retried for nothing
+and an operator sees it next to the others. Every parking writes one ERROR line starting
+``parked in poison:`` with ``failure_class``; the poison alert keys on it.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
 from typing import Any
 
-from shared import events, telemetry
-from shared.archive import INSTANCE, MANIFEST, ElementResult, build_manifest, data_blob_name
-from shared.errors import ConfigError, InvalidEvent, PermanentError, TransientError
-from shared.events import InstanceRef
+from shared import events, retries, telemetry
+from shared.altinn import NotFound
+from shared.archive import MANIFEST, ElementResult, build_manifest, data_blob_name
+from shared.config import INVOCATION_BUDGET_SECONDS
+from shared.errors import ConfigError, ConfirmationRefused, InvalidEvent, PermanentError, TransientError
+from shared.http import safe_text
+from shared.models import DataElement, FailureClass, Instance, InstanceRef, Outcome, QueueMessage, iso, parse_message, utc_now
 from shared.runtime import Runtime, get_runtime
 
 log = logging.getLogger("altinn_mottak")
 
+# A 404 from storage is weak evidence (it answers 404 for any internal error on the instance GET):
+# parked as gone only after this many attempts in a row got it, on the retry schedule's delays.
+NOT_FOUND_ATTEMPTS = 4
+# Azure Storage refuses a message over 64 KiB; base64 grows text by 4/3. What we park stays below.
+MAX_MESSAGE_TEXT = 48 * 1024
+
 
 @dataclass
 class Result:
-    outcome: str  # archived | confirmed-only | already-archived | permanent-failure
+    outcome: Outcome
     ref: InstanceRef | None = None
     elements: int = 0
     bytes: int = 0
     reason: str | None = None
+    failure_class: FailureClass | None = None
 
 
 def _context(ref: InstanceRef | None, event_id: str | None, dequeue_count: int | None, **more: Any) -> dict[str, Any]:
@@ -52,48 +73,62 @@ def _context(ref: InstanceRef | None, event_id: str | None, dequeue_count: int |
     return ctx
 
 
-def _check_instance(ref: InstanceRef, instance: dict[str, Any]) -> list[dict[str, Any]]:
-    if instance.get("id") not in (None, ref.instance_id):
-        raise PermanentError("Altinn returned a different instance than requested")
-    if instance.get("appId") not in (None, ref.app_id):
-        raise PermanentError("the instance belongs to another app")
-    status = instance.get("status") or {}
-    if status.get("isHardDeleted"):
-        raise PermanentError("the instance is hard deleted in Altinn")
-    process = instance.get("process") or {}
-    if isinstance(process, dict) and process.get("currentTask") and not process.get("ended"):
-        raise PermanentError("the instance's process has not ended; it cannot be confirmed")
-    data = instance.get("data") or []
-    if not isinstance(data, list) or not all(isinstance(e, dict) and isinstance(e.get("id"), str) for e in data):
-        raise TransientError("the instance's data element list is malformed")
-    pending = [e["id"] for e in data if e.get("fileScanResult") == "Pending"]
-    if pending:
-        raise TransientError(f"file scan pending for {len(pending)} data element(s); retrying later")
-    return data
-
-
-def _reuse(ref: InstanceRef, element: dict[str, Any], stored: dict[str, Any] | None) -> ElementResult | None:
+def _reuse(ref: InstanceRef, element: DataElement, stored: dict[str, Any] | None) -> ElementResult | None:
     """An element stored whole by an earlier attempt (same size, sha256 recorded at commit)."""
     if not stored:
         return None
     sha = stored["metadata"].get("sha256")
-    if not sha or stored["size"] != element.get("size"):
+    if not sha or stored["size"] != element.size:
         return None
     return ElementResult(
-        data_element_id=element["id"],
-        data_type=element.get("dataType"),
-        content_type=element.get("contentType") or stored.get("content_type"),
-        filename=element.get("filename"),
+        data_element_id=element.id,
+        data_type=element.data_type,
+        content_type=element.content_type or stored.get("content_type"),
+        filename=element.filename,
         size=stored["size"],
         sha256=sha,
-        blob=data_blob_name(ref, element["id"]),
-        file_scan_result=element.get("fileScanResult"),
+        blob=data_blob_name(ref, element.id),
+        file_scan_result=element.file_scan_result.value,
         reused=True,
     )
 
 
-def archive_instance(rt: Runtime, ref: InstanceRef, *, event_id: str | None = None, dequeue_count: int | None = None) -> Result:
-    """Archive and confirm one instance. Raises TransientError or PermanentError."""
+def _confirm(rt: Runtime, ref: InstanceRef, until: float | None) -> None:
+    """``/complete``, then the mark on the manifest. A 403 is recorded next to the archive."""
+    try:
+        rt.altinn.complete(ref, until=until)
+    except PermanentError as exc:
+        if exc.status != 403:
+            raise
+        reason = (
+            "Altinn refused /complete (HTTP 403) although the archive is whole: the app's policy does not grant the "
+            "'complete' action to the org at the instance's end event (the standard policy grants it at EndEvent_1 only)"
+        )
+        rt.archive.write_refusal(ref, reason, 403)
+        raise ConfirmationRefused(reason, status=403) from None
+    rt.archive.mark_confirmed(ref)
+
+
+def _download_all(rt: Runtime, ref: InstanceRef, instance: Instance, stored: dict[str, dict[str, Any]], until: float | None) -> list[ElementResult]:
+    def one(element: DataElement) -> ElementResult:
+        reused = _reuse(ref, element, stored.get(element.id))
+        if reused is not None:
+            return reused
+        return rt.archive.write_element(ref, element, rt.altinn.open_data(ref, element, until=until))
+
+    workers = min(rt.settings.parallel_downloads, max(1, len(instance.data)))
+    if workers <= 1:
+        return [one(e) for e in instance.data]
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="element") as pool:
+        return list(pool.map(one, instance.data))
+
+
+def archive_instance(
+    rt: Runtime, ref: InstanceRef, *, event_id: str | None = None, dequeue_count: int | None = None, until: float | None = None
+) -> Result:
+    """Archive and confirm one instance. Raises TransientError, PermanentError or ConfigError.
+
+    ``until`` (monotonic seconds) bounds every call to Altinn: past it the attempt stops (transient)."""
     if (ref.org, ref.app) not in rt.settings.apps:
         raise PermanentError(f"the app {ref.app_id} is not in ALTINN_APPS")
     ctx = _context(ref, event_id, dequeue_count)
@@ -101,47 +136,34 @@ def archive_instance(rt: Runtime, ref: InstanceRef, *, event_id: str | None = No
     state = archive.state(ref)
     if state.manifest:
         if state.confirmed:
-            log.info("already archived and confirmed", extra=ctx | {"outcome": "already-archived"})
-            return Result("already-archived", ref)
-        rt.altinn.complete(ref)
-        archive.mark_confirmed(ref)
-        log.info("archived earlier; confirmed now", extra=ctx | {"outcome": "confirmed-only"})
-        return Result("confirmed-only", ref)
+            log.info("already archived and confirmed", extra=ctx | {"outcome": Outcome.ALREADY_ARCHIVED.value})
+            return Result(Outcome.ALREADY_ARCHIVED, ref)
+        _confirm(rt, ref, until)
+        log.info("archived earlier; confirmed now", extra=ctx | {"outcome": Outcome.CONFIRMED_ONLY.value})
+        return Result(Outcome.CONFIRMED_ONLY, ref)
 
-    instance = rt.altinn.get_instance(ref)
-    elements = _check_instance(ref, instance)
+    instance = rt.altinn.get_instance(ref, until=until)
+    if instance.pending:
+        raise TransientError(f"file scan pending for {len(instance.pending)} data element(s); retrying later")
     archive.ensure_container()
-    # Write-once (If-None-Match), like the manifest: a worker that lost a race to another one must
-    # not rewrite a finished archive with Altinn's later view (which then shows our confirmation).
-    archive.write_json(ref.prefix + INSTANCE, instance, only_if_new=True)
-
-    def one(element: dict[str, Any]) -> ElementResult:
-        reused = _reuse(ref, element, state.data.get(element["id"]))
-        if reused is not None:
-            return reused
-        return archive.write_element(ref, element, rt.altinn.open_data(ref, element["id"]))
-
-    workers = min(rt.settings.parallel_downloads, max(1, len(elements)))
-    if workers <= 1:
-        results = [one(e) for e in elements]
-    else:
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="element") as pool:
-            results = list(pool.map(one, elements))
-
+    results = _download_all(rt, ref, instance, state.data, until)
     for r in results:
         if r.infected:
             log.warning("data element is flagged infected by Altinn's file scan; archived and flagged", extra=ctx | {"data_element_id": r.data_element_id})
-    manifest = build_manifest(ref, results, event_id=event_id)
+    # Write-once, like the manifest: a worker that lost a race to another must not rewrite a finished
+    # archive with Altinn's later view (which then shows our confirmation).
+    instance_blob, instance_sha = archive.write_instance(ref, instance.document, state)
+    manifest = build_manifest(ref, results, event_id=event_id, instance=instance, instance_blob=instance_blob, instance_sha256=instance_sha)
     if not archive.write_json(ref.prefix + MANIFEST, manifest, only_if_new=True):
         log.info("another worker wrote the manifest first", extra=ctx)
-    rt.altinn.complete(ref)
-    archive.mark_confirmed(ref)
+    _confirm(rt, ref, until)
     total = sum(r.size for r in results)
-    log.info("archived and confirmed", extra=ctx | {"outcome": "archived", "elements": len(results), "bytes": total})
-    return Result("archived", ref, elements=len(results), bytes=total)
+    extra = ctx | {"outcome": Outcome.ARCHIVED.value, "elements": len(results), "bytes": total}
+    log.info("archived and confirmed%s", " (hard deleted in Altinn)" if instance.hard_deleted else "", extra=extra)
+    return Result(Outcome.ARCHIVED, ref, elements=len(results), bytes=total)
 
 
-def enqueue(queue: Any, message: dict[str, Any]) -> None:
+def enqueue(queue: Any, message: dict[str, Any], *, visibility_timeout: int | None = None, time_to_live: int | None = None) -> None:
     """Put one message (JSON) on a queue, creating the queue if it does not exist yet.
 
     Raises azure.core.exceptions.AzureError when the write failed: the caller must not
@@ -149,71 +171,161 @@ def enqueue(queue: Any, message: dict[str, Any]) -> None:
     """
     from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
 
-    text = json.dumps(message)
+    text = json.dumps(message, ensure_ascii=False)
+    options: dict[str, int] = {}
+    if visibility_timeout:
+        options["visibility_timeout"] = visibility_timeout
+    if time_to_live is not None:
+        options["time_to_live"] = time_to_live
     try:
-        queue.send_message(text)
+        queue.send_message(text, **options)
     except ResourceNotFoundError:
         try:
             queue.create_queue()
         except ResourceExistsError:
             pass
-        queue.send_message(text)
+        queue.send_message(text, **options)
 
 
-def send_to_poison(rt: Runtime, message: dict[str, Any] | str, reason: str, *, status: int | None, dequeue_count: int | None) -> None:
-    """Park a message that cannot succeed on the poison queue, with why."""
+def _encoded_size(doc: dict[str, Any]) -> int:
+    return len(base64.b64encode(json.dumps(doc, ensure_ascii=False).encode("utf-8")))
+
+
+def _bounded_raw(raw: str, failure: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """``{"raw": ..., "failure": ...}`` with as much of ``raw`` as fits the queue's limit once
+    escaped and base64-encoded; and how many characters were kept."""
+    keep = len(raw)
+    doc = {"raw": raw, "failure": failure}
+    while _encoded_size(doc) > MAX_MESSAGE_TEXT and keep > 0:
+        keep = keep // 2 if keep > 64 else 0
+        doc = {"raw": raw[:keep], "failure": failure}
+    return doc, keep
+
+
+def park(
+    rt: Runtime,
+    message: QueueMessage | str,
+    failure_class: FailureClass,
+    reason: str,
+    *,
+    status: int | None,
+    dequeue_count: int | None,
+) -> None:
+    """Put a message that cannot (or can no longer) succeed on the poison queue, with why, without
+    an expiry. Raises TransientError when the poison queue cannot be written (the host retries)."""
     from azure.core.exceptions import AzureError
 
     failure = {
         "reason": reason,
+        "class": failure_class.value,
         "status": status,
-        "permanent": True,
-        "at": datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+        "permanent": failure_class is not FailureClass.RETRIES_EXHAUSTED,
+        "at": iso(utc_now()),
         "dequeueCount": dequeue_count,
     }
-    doc = dict(message, failure=failure) if isinstance(message, dict) else {"raw": message, "failure": failure}
+    kept = None
+    if isinstance(message, QueueMessage):
+        failure["attempts"] = message.attempt + (1 if failure_class is FailureClass.RETRIES_EXHAUSTED else 0)
+        doc = dict(message.to_dict(), failure=failure)
+        ref: InstanceRef | None = message.ref
+        event_id = message.event_id
+    else:
+        doc, kept = _bounded_raw(message, failure)
+        ref, event_id = None, None
     try:
-        enqueue(rt.poison_queue, doc)
+        enqueue(rt.poison_queue, doc, time_to_live=-1)
     except AzureError as exc:
         raise TransientError(f"could not write to the poison queue ({type(exc).__name__})") from None
+    note = "" if kept is None or kept == len(message) else f" (kept {kept} of its {len(message)} characters)"
+    log.error(
+        "parked in poison: %s%s",
+        safe_text(reason, 500),
+        note,
+        extra=_context(ref, event_id, dequeue_count, outcome=Outcome.PARKED.value, failure_class=failure_class.value, status=status),
+    )
+    telemetry.record_parked(failure_class.value, org=ref.org if ref else None, app=ref.app if ref else None)
+    if isinstance(message, QueueMessage) and message.retry is not None:
+        rt.retry_records.clear(message.ref)
 
 
-def handle_message(body: bytes | str, *, dequeue_count: int | None = None, max_dequeue_count: int = 5) -> Result:
-    """The archive function: one queue message. Raises to make the queue retry."""
+def defer(rt: Runtime, message: QueueMessage, exc: TransientError | ConfigError, *, dequeue_count: int | None, now: datetime) -> Result:
+    """Schedule the next attempt after a transient failure, or park when the retry window is over."""
+    reason = exc.reason if isinstance(exc, TransientError) else str(exc)
+    status = exc.status if isinstance(exc, TransientError) else None
+    retry_after = exc.retry_after if isinstance(exc, TransientError) else None
+    decision = retries.decide(rt.settings, message, reason, status=status, retry_after=retry_after, now=now)
+    ref = message.ref
+    failure_class = FailureClass.CONFIG if isinstance(exc, ConfigError) else FailureClass.TRANSIENT
+    telemetry.record_failure(failure_class.value, org=ref.org, app=ref.app, status=status)
+    if isinstance(exc, NotFound) and decision.retry.not_found >= NOT_FOUND_ATTEMPTS:
+        why = f"{reason}, {decision.retry.not_found} attempts in a row: the instance or data element is gone"
+        park(rt, message, FailureClass.PERMANENT, why, status=404, dequeue_count=dequeue_count)
+        return Result(Outcome.PARKED, ref, reason=why, failure_class=FailureClass.PERMANENT)
+    if decision.park:
+        hours = (now - decision.retry.first_failure_at).total_seconds() / 3600
+        why = f"transient failures for {hours:.1f} h ({decision.retry.attempt} attempts); the last: {reason}"
+        park(rt, message, FailureClass.RETRIES_EXHAUSTED, why, status=status, dequeue_count=dequeue_count)
+        return Result(Outcome.PARKED, ref, reason=why, failure_class=FailureClass.RETRIES_EXHAUSTED)
+    from azure.core.exceptions import AzureError
+
+    seconds = retries.visibility_seconds(decision.delay)
+    following = replace(message, retry=decision.retry)
+    try:
+        # No expiry: the message waits out its delay however long the schedule says.
+        enqueue(rt.events_queue, following.to_dict(), visibility_timeout=seconds, time_to_live=-1)
+    except AzureError as exc2:
+        raise TransientError(f"{reason}; and the next attempt could not be scheduled ({type(exc2).__name__})") from None
+    next_at = now + timedelta(seconds=seconds)
+    rt.retry_records.record(following, decision.retry, next_at)
+    log.warning(
+        "transient failure (%s); attempt %d failed, the next in %d s",
+        safe_text(reason, 500),
+        decision.retry.attempt,
+        seconds,
+        extra=_context(ref, message.event_id, dequeue_count, outcome=Outcome.DEFERRED.value, failure_class=failure_class.value, status=status),
+    )
+    telemetry.record_deferred(org=ref.org, app=ref.app)
+    return Result(Outcome.DEFERRED, ref, reason=reason, failure_class=failure_class)
+
+
+def handle_message(
+    body: bytes | str,
+    *,
+    dequeue_count: int | None = None,
+    clock: Callable[[], datetime] = utc_now,
+) -> Result:
+    """The archive function: one queue message. Returns normally when the message is done with
+    (archived, deferred to a later attempt, or parked); raises only when not even that could be
+    written, so that the host retries the message (and, after maxDequeueCount, moves it)."""
     rt = get_runtime()
     started = time.monotonic()
-    raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    until = started + INVOCATION_BUDGET_SECONDS
     try:
-        ref, message = events.parse_message(body)
+        message = parse_message(body)
     except ValueError as exc:
-        log.error("unreadable queue message; moved to poison", extra={"dequeue_count": dequeue_count, "outcome": "permanent-failure"})
-        # Keep the unreadable text (bounded: JSON escaping and base64 must stay under the 64 KiB message limit).
-        send_to_poison(rt, raw[:8000], str(exc), status=None, dequeue_count=dequeue_count)
-        telemetry.record_failure("unreadable")
-        return Result("permanent-failure", None, reason=str(exc))
-    event_id = (message.get("event") or {}).get("id")
-    ctx = _context(ref, event_id, dequeue_count)
+        raw = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+        telemetry.record_failure(FailureClass.UNREADABLE.value)
+        park(rt, raw, FailureClass.UNREADABLE, f"unreadable queue message: {exc}", status=None, dequeue_count=dequeue_count)
+        return Result(Outcome.PARKED, None, reason=str(exc), failure_class=FailureClass.UNREADABLE)
+    ref = message.ref
     try:
-        result = archive_instance(rt, ref, event_id=event_id, dequeue_count=dequeue_count)
+        result = archive_instance(rt, ref, event_id=message.event_id, dequeue_count=dequeue_count, until=until)
+    except ConfirmationRefused as exc:
+        telemetry.record_failure(FailureClass.CONFIRMATION_REFUSED.value, org=ref.org, app=ref.app, status=exc.status)
+        park(rt, message, FailureClass.CONFIRMATION_REFUSED, exc.reason, status=exc.status, dequeue_count=dequeue_count)
+        return Result(Outcome.PARKED, ref, reason=exc.reason, failure_class=FailureClass.CONFIRMATION_REFUSED)
     except PermanentError as exc:
-        log.error("permanent failure; moved to poison: %s", exc.reason, extra=ctx | {"outcome": "permanent-failure", "status": exc.status})
-        send_to_poison(rt, message, exc.reason, status=exc.status, dequeue_count=dequeue_count)
-        telemetry.record_failure("permanent", org=ref.org, app=ref.app, status=exc.status)
-        return Result("permanent-failure", ref, reason=exc.reason)
+        telemetry.record_failure(FailureClass.PERMANENT.value, org=ref.org, app=ref.app, status=exc.status)
+        park(rt, message, FailureClass.PERMANENT, exc.reason, status=exc.status, dequeue_count=dequeue_count)
+        return Result(Outcome.PARKED, ref, reason=exc.reason, failure_class=FailureClass.PERMANENT)
     except (TransientError, ConfigError) as exc:
-        last = dequeue_count is not None and dequeue_count >= max_dequeue_count
-        log.warning(
-            "transient failure (%s); %s",
-            exc,
-            "last attempt: the message goes to the poison queue" if last else "the queue will retry",
-            extra=ctx | {"outcome": "retry" if not last else "poison"},
-        )
-        telemetry.record_failure("config" if isinstance(exc, ConfigError) else "transient", org=ref.org, app=ref.app, status=getattr(exc, "status", None))
-        raise
-    log.debug("message handled in %.3f s", time.monotonic() - started, extra=ctx | {"outcome": result.outcome})
-    telemetry.record_result(
-        result.outcome, org=ref.org, app=ref.app, via=message.get("via"), nbytes=result.bytes, event_time=(message.get("event") or {}).get("time")
-    )
+        return defer(rt, message, exc, dequeue_count=dequeue_count, now=clock())
+    if message.retry is not None:
+        rt.retry_records.clear(ref)
+    ctx = _context(ref, message.event_id, dequeue_count, outcome=result.outcome.value)
+    log.debug("message handled in %.3f s", time.monotonic() - started, extra=ctx)
+    event_time = message.event.time if message.event else None
+    telemetry.record_result(result.outcome.value, org=ref.org, app=ref.app, via=message.via, nbytes=result.bytes, event_time=event_time)
     return result
 
 

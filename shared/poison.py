@@ -2,15 +2,19 @@
 
 Two kinds of message end up there:
 
-* parked by our pipeline at once for a permanent failure (404, 403, an app we do not serve): the
-  original message plus a ``failure`` member (``reason``, ``status``, ``at``, ``dequeueCount``);
-  an unreadable message is wrapped as ``{"raw": ..., "failure": ...}``;
-* moved by the Functions host after ``maxDequeueCount`` failed attempts (transient failures that
-  did not pass): the original message, unchanged. Its reason is in the archive function's
-  exceptions (Application Insights), not in the message.
+* parked by our pipeline (``shared.pipeline.park``), with no expiry: the original message plus a
+  ``failure`` member (``reason``, ``class``, ``status``, ``at``, ``dequeueCount``, ``attempts``),
+  for a permanent failure (at once), when Altinn refused ``/complete`` for a whole archive, or when
+  transient failures outlasted ``ARCHIVE_RETRY_MAX_HOURS``; an unreadable message is wrapped as
+  ``{"raw": ..., "failure": ...}``;
+* moved by the Functions host after ``maxDequeueCount`` failed attempts: since the app schedules its
+  own retries this is only the backstop for crashes and timeouts. The original message, unchanged;
+  its reason is in the archive function's exceptions (Application Insights), not in the message.
 
 Replay moves messages back to ``altinn-events``: all of them or those of selected instances, with
-``failure`` stripped (a host-moved message goes back byte for byte). A message is never lost: it is
+``failure`` and the retry state stripped (a host-moved message without either goes back byte for
+byte), so the retry schedule starts afresh. A message too large to send once re-encoded is skipped
+and reported, and the replay goes on with the rest. A message is never lost: it is
 written to the main queue first and only then deleted from the poison queue (a crash in between
 leaves a duplicate, which the archive function's idempotency absorbs). Messages that are not
 selected are held invisible during the scan and released at the end; a replayed message that fails
@@ -36,6 +40,7 @@ from typing import Any
 
 from shared.config import EVENTS_QUEUE, POISON_QUEUE
 from shared.errors import TransientError
+from shared.http import safe_text
 from shared.runtime import Runtime
 
 log = logging.getLogger("altinn_mottak.poison")
@@ -129,6 +134,7 @@ class PoisonEntry:
     status: int | None = None
     failed_at: str | None = None
     attempts: int | None = None
+    failure_class: str | None = None  # pipeline: permanent, retries-exhausted, confirmation-refused, unreadable
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -138,6 +144,7 @@ class PoisonEntry:
             "eventId": self.event_id,
             "via": self.via,
             "parkedBy": self.parked_by,
+            "failureClass": self.failure_class,
             "reason": self.reason,
             "status": self.status,
             "failedAt": self.failed_at,
@@ -159,8 +166,8 @@ def describe(message_id: str, content: Any, inserted_on: Any = None) -> PoisonEn
     if doc is None or key is None:
         reason = "unreadable message"
         if failure is not None and isinstance(failure.get("reason"), str):
-            reason = f"unreadable message: {failure['reason']}"
-        return PoisonEntry(message_id, _iso(inserted_on), None, None, None, "unreadable", reason[:500])
+            reason = failure["reason"] if failure["reason"].startswith("unreadable") else f"unreadable message: {failure['reason']}"
+        return PoisonEntry(message_id, _iso(inserted_on), None, None, None, "unreadable", reason[:500], failure_class="unreadable")
     event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
     entry = PoisonEntry(
         message_id,
@@ -175,7 +182,9 @@ def describe(message_id: str, content: Any, inserted_on: Any = None) -> PoisonEn
         entry.reason = str(failure.get("reason") or "permanent failure")[:500]
         entry.status = failure.get("status") if isinstance(failure.get("status"), int) else None
         entry.failed_at = failure.get("at") if isinstance(failure.get("at"), str) else None
-        entry.attempts = failure.get("dequeueCount") if isinstance(failure.get("dequeueCount"), int) else None
+        attempts = failure.get("attempts", failure.get("dequeueCount"))
+        entry.attempts = attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else None
+        entry.failure_class = failure.get("class") if isinstance(failure.get("class"), str) else "permanent"
     return entry
 
 
@@ -214,30 +223,45 @@ class ReplayReport:
     unreadable: int = 0  # cannot be replayed (left where they are)
     repeated: int = 0  # replayed in this run and parked again meanwhile (left for the next replay)
     delete_failed: int = 0  # replayed but still on the poison queue too (a duplicate, harmless)
+    skipped: list[dict[str, str]] = field(default_factory=list)  # could not be sent back: id and reason (left where they are)
     duration: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.delete_failed == 0 and not self.skipped
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "ok": self.delete_failed == 0,
+            "ok": self.ok,
             "dryRun": self.dry_run,
             "replayed": len(self.replayed),
             "left": self.left,
             "unreadable": self.unreadable,
             "repeated": self.repeated,
             "deleteFailed": self.delete_failed,
+            "skipped": list(self.skipped),
             "durationSeconds": round(self.duration, 3),
             "messages": [e.to_dict() for e in self.replayed],
         }
 
 
+MAX_MESSAGE = 64 * 1024  # Azure Storage's limit for a message's text
+
+
 def replay_body(content: Any, doc: dict[str, Any]) -> str:
-    """The text to put back on ``altinn-events``: base64 JSON without ``failure``; a message the
-    host moved (base64, no ``failure``) goes back exactly as it was."""
+    """The text to put back on ``altinn-events``: base64 JSON without ``failure`` and without the
+    retry state (a replay starts the schedule afresh); a message the host moved (base64, neither
+    member) goes back exactly as it was."""
     text = _text(content)
-    if "failure" not in doc and _base64_json(text) is not None:
+    if "failure" not in doc and "retry" not in doc and _base64_json(text) is not None:
         return text
-    clean = {k: v for k, v in doc.items() if k != "failure"}
+    clean = {k: v for k, v in doc.items() if k not in ("failure", "retry")}
     return base64.b64encode(json.dumps(clean).encode("utf-8")).decode("ascii")
+
+
+def _skip(report: ReplayReport, message_id: str, reason: str) -> None:
+    report.skipped.append({"messageId": message_id, "reason": reason})
+    log.warning("replay: message %s skipped: %s", message_id, reason)
 
 
 def replay(
@@ -251,7 +275,7 @@ def replay(
 ) -> ReplayReport:
     """Move poison messages back to the main queue: those of ``instances`` (selectors from
     :func:`parse_selector`), or all readable ones when ``instances`` is None."""
-    from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+    from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
 
     selectors = {parse_selector(s) for s in instances} if instances is not None else None
     started = time.monotonic()
@@ -300,12 +324,21 @@ def replay(
                     continue
                 body = replay_body(m.content, doc)
                 held[m.id] = m.pop_receipt  # released at the end if anything below fails
+                if len(body) > MAX_MESSAGE:
+                    _skip(report, m.id, f"too large to send back ({len(body)} characters once encoded; the limit is {MAX_MESSAGE})")
+                    continue
                 try:
-                    target.send_message(body)  # first the main queue ...
-                except ResourceNotFoundError:  # (infra creates it; an operator's role may not allow creating it)
-                    with contextlib.suppress(ResourceExistsError):
-                        target.create_queue()
-                    target.send_message(body)
+                    try:
+                        target.send_message(body)  # first the main queue ...
+                    except ResourceNotFoundError:  # (infra creates it; an operator's role may not allow creating it)
+                        with contextlib.suppress(ResourceExistsError):
+                            target.create_queue()
+                        target.send_message(body)
+                except HttpResponseError as exc:
+                    if exc.status_code not in (400, 413):  # the service refused this message, not the queue
+                        raise
+                    _skip(report, m.id, f"refused by the queue (HTTP {exc.status_code}, {safe_text(getattr(exc, 'error_code', None) or 'no code', 60)})")
+                    continue
                 replayed_docs.add(identity)
                 report.replayed.append(entry)
                 org, app, instance = key.split("/", 2)

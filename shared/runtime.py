@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from shared.altinn import AltinnClient
     from shared.archive import Archive
     from shared.maskinporten import MaskinportenClient
+    from shared.retries import RetryRecords
 
 
 def _credential(storage: StorageConfig) -> Any:
@@ -97,17 +98,31 @@ class Runtime:
         return AltinnClient(self.settings, self.http, self.maskinporten)
 
     @cached_property
-    def container(self) -> ContainerClient:
+    def blob_service(self) -> Any:
         from azure.storage.blob import BlobServiceClient, ExponentialRetry
 
         storage = self.settings.storage
         pool = max(32, self.settings.parallel_downloads * 8)
         options = {"transport": _transport(pool), "retry_policy": _retry(3, ExponentialRetry)}
         if storage.connection_string:
-            service = BlobServiceClient.from_connection_string(storage.connection_string, **options)
-        else:
-            service = BlobServiceClient(storage.blob_url, credential=_credential(storage), **options)
-        return service.get_container_client(self.settings.archive_container)
+            return BlobServiceClient.from_connection_string(storage.connection_string, **options)
+        return BlobServiceClient(storage.blob_url, credential=_credential(storage), **options)
+
+    @cached_property
+    def container(self) -> ContainerClient:
+        """The archive container (``ARCHIVE_CONTAINER``)."""
+        return self.blob_service.get_container_client(self.settings.archive_container)
+
+    @cached_property
+    def state_container(self) -> ContainerClient:
+        """Operational state that is not part of the archive (``ARCHIVE_STATE_CONTAINER``)."""
+        return self.blob_service.get_container_client(self.settings.state_container)
+
+    @cached_property
+    def retry_records(self) -> RetryRecords:
+        from shared.retries import RetryRecords
+
+        return RetryRecords(self.state_container)
 
     def queue(self, name: str) -> QueueClient:
         from azure.storage.queue import ExponentialRetry, QueueClient, TextBase64DecodePolicy, TextBase64EncodePolicy

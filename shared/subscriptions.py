@@ -6,6 +6,16 @@ type (``typeFilter``) to our webhook. Altinn validates it by POSTing a
 subscription delivers nothing. So :func:`subscribe` waits for ``validated`` and says plainly when it
 has not happened yet.
 
+Altinn retries a failed validation only for a few minutes, then gives up; it sends a new validation
+event whenever the *identical* subscription is posted again, and answers with the existing one
+(Altinn/altinn-events src/Events/Services/SubscriptionService.cs ``CompleteSubscriptionCreation``:
+``FindSubscription`` ... ``PublishValidationEvent``). So :func:`subscribe` reuses an identical
+validated subscription without posting, and posts an identical *unvalidated* one again: that is how
+a failed first validation is repaired. "Identical" is what Altinn compares
+(src/Events/Migration/FunctionsAndProcedures/findsubscription.sql): endpoint, source, resource,
+subject and type filters, consumer and ``includeSubunits`` (``alternativeSubjectFilter`` is mapped
+to the subject filter by src/Events/Services/AppSubscriptionService.cs).
+
 The endpoint URL carries the function key (``?code=``), a secret: it is never logged or printed.
 :func:`redact_endpoint` masks it in everything we show; ``Subscription.to_dict`` only has the
 masked form.
@@ -83,6 +93,14 @@ class Subscription:
     created: str | None
     consumer: str | None
     app: str | None  # "org/app" when the source filter is one of our apps' sources
+    subject_filter: str | None = None
+    alternative_subject_filter: str | None = None
+    include_subunits: bool = False
+
+    def identity(self) -> tuple[Any, ...]:
+        """What Altinn compares to find an identical subscription (we never set a resource filter:
+        Altinn derives it from the source)."""
+        return (self.endpoint, self.source_filter, self.type_filter, self.subject_filter, self.alternative_subject_filter, self.include_subunits)
 
     def __repr__(self) -> str:  # never show the key
         return f"Subscription(id={self.id}, app={self.app!r}, type={self.type_filter!r}, validated={self.validated})"
@@ -122,7 +140,14 @@ class Subscription:
             created=doc.get("created") if isinstance(doc.get("created"), str) else None,
             consumer=doc.get("consumer") if isinstance(doc.get("consumer"), str) else None,
             app=sources.get((source or "").rstrip("/")),
+            subject_filter=_text(doc.get("subjectFilter")),
+            alternative_subject_filter=_text(doc.get("alternativeSubjectFilter")),
+            include_subunits=doc.get("includeSubunits") is True,
         )
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 @dataclass
@@ -130,14 +155,15 @@ class SubscribeResult:
     subscription: Subscription
     app: str
     type: str
-    existed: bool  # an identical subscription was there already; nothing was created
+    existed: bool  # an identical subscription was there already
+    reposted: bool = False  # it existed unvalidated and was posted again for a new validation event
 
     @property
     def validated(self) -> bool:
         return self.subscription.validated
 
     def to_dict(self) -> dict[str, Any]:
-        return {"app": self.app, "type": self.type, "existed": self.existed, **self.subscription.to_dict()}
+        return {"app": self.app, "type": self.type, "existed": self.existed, "reposted": self.reposted, **self.subscription.to_dict()}
 
 
 def list_subscriptions(rt: Runtime, apps: Iterable[str] | None = None, *, ours_only: bool = False) -> list[Subscription]:
@@ -169,17 +195,22 @@ def subscribe(
     for org, app, _ in pairs:
         if (org, app) not in settings.apps:
             raise ValueError(f"{org}/{app} is not in ALTINN_APPS")
-    existing = {(s.endpoint, s.source_filter, s.type_filter): s for s in list_subscriptions(rt)}
+    existing = {s.identity(): s for s in list_subscriptions(rt)}
     results: list[SubscribeResult] = []
     for org, app, event_type in pairs:
         source = source_filter(settings, org, app)
-        found = existing.get((endpoint, source, event_type))
-        if found is not None:
+        found = existing.get((endpoint, source, event_type, None, None, False))
+        fields = {"org": org, "app": app, "event_type": event_type}
+        if found is not None and found.validated:
             results.append(SubscribeResult(found, f"{org}/{app}", event_type, existed=True))
-            log.info("subscription exists already", extra={"org": org, "app": app, "subscription_id": found.id, "event_type": event_type})
+            log.info("subscription exists already", extra=fields | {"subscription_id": found.id})
             continue
         body = {"endPoint": endpoint, "sourceFilter": source, "typeFilter": event_type}
         created = Subscription.from_altinn(settings, rt.altinn.create_subscription(body))
+        if found is not None:
+            log.info("subscription exists but is not validated: posted again for a new validation event", extra=fields | {"subscription_id": created.id})
+            results.append(SubscribeResult(created, f"{org}/{app}", event_type, existed=True, reposted=True))
+            continue
         log.info(
             "subscription created (endpoint %s)",
             created.endpoint_redacted,

@@ -23,9 +23,14 @@ Custom metrics (OpenTelemetry metrics API; the ``customMetrics`` table in Applic
 ``altinn_mottak.instances.archived``        count   instances archived and confirmed (outcome)
 ``altinn_mottak.archived.bytes``            bytes   bytes of data elements archived
 ``altinn_mottak.confirmation.latency``      s       event ``time`` -> confirmation (histogram)
-``altinn_mottak.failures``                  count   by ``failure_class``: transient, permanent,
-                                                    config, unreadable
+``altinn_mottak.failures``                  count   failed attempts, by ``failure_class``:
+                                                    transient, config, permanent, unreadable,
+                                                    confirmation-refused
 ``altinn_mottak.catchup.enqueued``          count   instances enqueued by catch-up
+``altinn_mottak.parked``                    count   messages the app parked in the poison queue,
+                                                    by ``failure_class``: permanent, unreadable,
+                                                    retries-exhausted, confirmation-refused
+``altinn_mottak.deferred``                  count   attempts deferred to the retry schedule
 ==========================================  ======  ===========================================
 """
 
@@ -43,6 +48,8 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from shared.models import parse_time
+
 log = logging.getLogger(__name__)
 
 CONNECTION_STRING = "APPLICATIONINSIGHTS_CONNECTION_STRING"
@@ -52,7 +59,19 @@ METER_NAME = "altinn_mottak"
 # On every record that concerns an instance (when known).
 CORRELATION_FIELDS: tuple[str, ...] = ("event_id", "instance", "org", "app", "dequeue_count", "outcome")
 # Shown on the console too when a record carries them.
-DETAIL_FIELDS: tuple[str, ...] = ("via", "status", "reason", "elements", "bytes", "data_element_id", "found", "enqueued", "skipped")
+DETAIL_FIELDS: tuple[str, ...] = (
+    "via",
+    "status",
+    "reason",
+    "failure_class",
+    "attempt",
+    "elements",
+    "bytes",
+    "data_element_id",
+    "found",
+    "enqueued",
+    "skipped",
+)
 _ALL_FIELDS = CORRELATION_FIELDS + DETAIL_FIELDS
 
 _context: ContextVar[Mapping[str, Any] | None] = ContextVar("altinn_mottak_log_context", default=None)
@@ -85,13 +104,13 @@ def message_fields(body: bytes | str | None, dequeue_count: int | None = None) -
     if body is None:
         return fields
     try:
-        from shared.events import parse_message
+        from shared.models import parse_message
 
-        ref, message = parse_message(body)
+        message = parse_message(body)
     except Exception:
         return fields
-    event = message.get("event") if isinstance(message.get("event"), dict) else {}
-    fields.update(instance=ref.instance_id, org=ref.org, app=ref.app, event_id=event.get("id"), via=message.get("via"))
+    ref = message.ref
+    fields.update(instance=ref.instance_id, org=ref.org, app=ref.app, event_id=message.event_id, via=message.via, attempt=message.attempt or None)
     return fields
 
 
@@ -137,19 +156,28 @@ _EXPORT_FILTER = ExportFilter()
 
 
 def _scalar(value: Any) -> str:
-    text = str(value)
+    from shared.http import safe_text
+
+    text = safe_text(value, 1000)
     return json.dumps(text, ensure_ascii=False) if (not text or re.search(r"[\s\"=]", text)) else text
 
 
 class ConsoleFormatter(logging.Formatter):
-    """A formatter (or a wrapper around another) that appends the correlation fields as ``key=value``."""
+    """A formatter (or a wrapper around another) that appends the correlation fields as ``key=value``.
+
+    The message and the fields may carry text from upstream (an error body, a reason): control
+    characters are shown escaped, so nothing can move the cursor, clear the screen or forge a line."""
 
     def __init__(self, fmt: str | None = None, datefmt: str | None = None, *, base: logging.Formatter | None = None) -> None:
         super().__init__(fmt or "%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt)
         self.base = base
 
     def format(self, record: logging.LogRecord) -> str:
-        text = self.base.format(record) if self.base is not None else super().format(record)
+        from shared.http import safe_text
+
+        clean = logging.makeLogRecord(record.__dict__)
+        clean.msg, clean.args = safe_text(record.getMessage(), 20_000), None
+        text = self.base.format(clean) if self.base is not None else super().format(clean)
         pairs = [f"{name}={_scalar(record.__dict__[name])}" for name in _ALL_FIELDS if record.__dict__.get(name) is not None]
         if not pairs:
             return text
@@ -206,6 +234,8 @@ class _Instruments:
         )
         self.failures = meter.create_counter("altinn_mottak.failures", unit="{failure}", description="Archive failures by class")
         self.catchup = meter.create_counter("altinn_mottak.catchup.enqueued", unit="{instance}", description="Instances enqueued by catch-up")
+        self.parked = meter.create_counter("altinn_mottak.parked", unit="{message}", description="Messages the app parked in the poison queue, by class")
+        self.deferred = meter.create_counter("altinn_mottak.deferred", unit="{attempt}", description="Attempts deferred to the retry schedule")
 
 
 _lock = threading.Lock()
@@ -287,18 +317,6 @@ def _reset_for_tests() -> None:
 # -- metrics ----------------------------------------------------------------------------------
 
 
-def parse_time(value: Any) -> datetime | None:
-    """An RFC 3339 time (Altinn sends 7 fractional digits), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    text = re.sub(r"(\.\d{6})\d+", r"\1", value.strip()).replace("Z", "+00:00").replace("z", "+00:00")
-    try:
-        parsed = datetime.fromisoformat(text)
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo is not None else None
-
-
 def record_result(outcome: str, *, org: str | None, app: str | None, via: str | None = None, nbytes: int = 0, event_time: Any = None) -> None:
     """An instance handled: counts archives and bytes, and the event -> confirmation latency."""
     instruments = _instruments
@@ -318,12 +336,36 @@ def record_result(outcome: str, *, org: str | None, app: str | None, via: str | 
 
 
 def record_failure(failure_class: str, *, org: str | None = None, app: str | None = None, status: int | None = None) -> None:
-    """An archive attempt failed: ``failure_class`` is transient, permanent, config or unreadable."""
+    """An archive attempt failed: ``failure_class`` is transient, config, permanent, unreadable or
+    confirmation-refused (a :class:`~shared.models.FailureClass` value)."""
     instruments = _instruments
     if instruments is None:
         return
     try:
         instruments.failures.add(1, {"failure_class": failure_class, "org": org or "", "app": app or "", "status": str(status or "")})
+    except Exception:
+        pass
+
+
+def record_parked(failure_class: str, *, org: str | None = None, app: str | None = None) -> None:
+    """A message parked in the poison queue by the app (``failure_class``: permanent, unreadable,
+    retries-exhausted, confirmation-refused). The poison alert keys on this and on the log line."""
+    instruments = _instruments
+    if instruments is None:
+        return
+    try:
+        instruments.parked.add(1, {"failure_class": failure_class, "org": org or "", "app": app or ""})
+    except Exception:
+        pass
+
+
+def record_deferred(*, org: str | None = None, app: str | None = None) -> None:
+    """An attempt failed transiently and the next one is scheduled (``outcome=deferred``)."""
+    instruments = _instruments
+    if instruments is None:
+        return
+    try:
+        instruments.deferred.add(1, {"org": org or "", "app": app or ""})
     except Exception:
         pass
 

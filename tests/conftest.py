@@ -76,16 +76,23 @@ def host_json(tmp_path: Path) -> Path:
 
 
 def _clear_queues(connection_string: str) -> None:
-    from azure.core.exceptions import ResourceNotFoundError
+    """The events and poison queues, existing and empty, as infra/ provisions them in Azure.
+
+    The Functions host (and so LocalHost) never creates its trigger queue, so a test that writes to
+    the events queue itself needs it made here; the app's webhook creates it on its first write.
+    """
+    from azure.core.exceptions import ResourceExistsError
     from azure.storage.queue import QueueClient
 
     from shared.config import EVENTS_QUEUE, POISON_QUEUE
 
     for name in (EVENTS_QUEUE, POISON_QUEUE):
+        queue = QueueClient.from_connection_string(connection_string, name)
         try:
-            QueueClient.from_connection_string(connection_string, name).clear_messages()
-        except ResourceNotFoundError:
+            queue.create_queue()  # an existing queue answers 204, or 409 if its metadata differs
+        except ResourceExistsError:
             pass
+        queue.clear_messages()
 
 
 @pytest.fixture
@@ -96,13 +103,18 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Any, sim: Any, rsa_key: dict[s
         "ALTINN_APPS": "ttd/apps-test,ttd/big-app",
         "ALTINN_EVENT_TYPES": "app.instance.process.completed",
         "ALTINN_PLATFORM_URL": sim.url,
-        "ALTINN_APPS_URL": sim.url,
+        "ALTINN_APPS_URL": sim.apps_url,
         "MASKINPORTEN_URL": sim.maskinporten_issuer,
         "MASKINPORTEN_CLIENT_ID": CLIENT_ID,
         "MASKINPORTEN_PRIVATE_KEY": rsa_key["private_pem"],
         "MASKINPORTEN_KID": KID,
         "ARCHIVE_CONTAINER": f"archive-{uuid.uuid4().hex[:12]}",
+        "ARCHIVE_STATE_CONTAINER": f"state-{uuid.uuid4().hex[:12]}",
         "AzureWebJobsStorage": azurite.connection_string,
+        # The app's own retry schedule, shortened: two immediate retries, then one a second, and a
+        # transient failure is parked after 3.6 s (in Azure: 60 s growing to an hour, for 24 hours).
+        "ARCHIVE_RETRY_SCHEDULE": "0,0,1",
+        "ARCHIVE_RETRY_MAX_HOURS": "0.001",
     }
     monkeypatch.delenv("MASKINPORTEN_CERTIFICATE", raising=False)
     for key, value in values.items():

@@ -3,13 +3,12 @@ bounds, the timer function through the local host, and catch-up racing the webho
 
 from __future__ import annotations
 
-import base64
 import json
 import socket
 import threading
 import time
 from pathlib import Path
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 import requests
@@ -62,8 +61,7 @@ def test_query_url_asks_for_exactly_the_unconfirmed_complete_instances(rt):
         "org": ["ttd"],
         "appId": ["ttd/apps-test"],
         "process.isComplete": ["true"],
-        "excludeConfirmedBy": ["ttd"],
-        "status.isHardDeleted": ["false"],
+        "excludeConfirmedBy": ["ttd"],  # hard-deleted ones included: storage keeps them for us until we confirm
         "size": ["50"],
         "continuationToken": ["a b+/="],
     }
@@ -77,7 +75,7 @@ def test_pages_skips_and_enqueues_with_the_webhook_shape(rt, sim, queues, contai
     other_app = [sim.add_instance("ttd", "big-app", [FORM]) for _ in range(2)]
     sim.add_instance("ttd", "apps-test", [FORM], confirmed_by=["ttd"])  # confirmed: the query leaves it out
     sim.add_instance("ttd", "apps-test", [FORM], confirmed_by=["ttd"])
-    sim.add_instance("ttd", "apps-test", [FORM], hard_deleted=True)  # hard deleted: left out
+    deleted = sim.add_instance("ttd", "apps-test", [FORM], hard_deleted=True)  # hard deleted: ours to archive and confirm
     sim.add_instance("ttd", "apps-test", [FORM], process_ended=False)  # still being filled in: left out
     sim.add_instance("ttd", "not-ours", [FORM])  # not in ALTINN_APPS: never asked for
     # Archived, but /complete failed every time: enqueued so that it gets confirmed.
@@ -96,21 +94,66 @@ def test_pages_skips_and_enqueues_with_the_webhook_shape(rt, sim, queues, contai
 
     assert report.ok and report.stopped is None
     by_app = {a.app_id: a for a in report.apps}
-    assert by_app["ttd/apps-test"].found == 9  # 7 missed + pending + lagging
-    assert by_app["ttd/apps-test"].enqueued == 8
+    assert by_app["ttd/apps-test"].found == 10  # 7 missed + hard deleted + pending + lagging
+    assert by_app["ttd/apps-test"].enqueued == 9
     assert by_app["ttd/apps-test"].awaiting_confirmation == 1
-    assert by_app["ttd/apps-test"].skipped == {"confirmed": 1, "duplicate": 0, "invalid": 0}
-    assert by_app["ttd/apps-test"].pages == 3 and by_app["ttd/apps-test"].complete
+    assert by_app["ttd/apps-test"].skipped == {"confirmed": 1, "confirmation-refused": 0, "duplicate": 0, "invalid": 0}
+    assert by_app["ttd/apps-test"].pages == 4 and by_app["ttd/apps-test"].complete
     assert by_app["ttd/big-app"].found == 2 and by_app["ttd/big-app"].enqueued == 2 and by_app["ttd/big-app"].complete
-    assert sim.calls["query"] == 4 and pages == [1, 2, 3, 4]  # apps-test 3 pages, big-app 1, round robin
+    assert sim.calls["query"] == 5 and pages == [1, 2, 3, 4, 5]  # apps-test 4 pages (3+3+3+1), big-app 1, round robin
 
     messages = queued(queues)
-    assert sorted(m["instance"]["instanceGuid"] for m in messages) == sorted(i.instance_guid for i in [*missed, *other_app, pending])
+    assert sorted(m["instance"]["instanceGuid"] for m in messages) == sorted(i.instance_guid for i in [*missed, *other_app, pending, deleted])
     template = queue_message(None, InstanceRef.parse("ttd", "apps-test", missed[0].id), via="catch-up")
     for m in messages:
         assert set(m) == set(template) and m["event"] is None and m["via"] == "catch-up" and m["version"] == template["version"]
     assert {i["state"] for i in report.instances} == {"new", "awaiting-confirmation"}
-    assert report.to_dict()["enqueued"] == 10 and json.dumps(report.to_dict())
+    assert report.to_dict()["enqueued"] == 11 and json.dumps(report.to_dict())
+
+
+def test_a_full_last_page_is_followed_by_an_empty_one(rt, sim, queues):
+    """Storage gives `next` whenever a page is full (PgInstanceRepository.GetInstancesInternal), so
+    the last page may be empty; that is the end, not an error."""
+    from shared.catchup import run_catchup
+
+    for _ in range(4):
+        sim.add_instance("ttd", "apps-test", [FORM])
+    report = run_catchup(rt, apps=[("ttd", "apps-test")], page_size=2)
+    assert report.ok and report.apps[0].complete and report.apps[0].pages == 3 and report.enqueued == 4
+
+
+def test_a_hard_deleted_instance_found_by_catch_up_is_archived_and_confirmed(host, sim, container, queues):
+    inst = sim.add_instance("ttd", "apps-test", [FORM], hard_deleted=True)
+    host.run_timer("catchup")
+    assert host.wait_idle(timeout=60)
+    doc, meta = manifest(container, inst)
+    assert doc["hardDeleted"] is True and meta.get("confirmed") and [c[0] for c in sim.confirmations] == [inst.id]
+
+
+def test_a_refused_confirmation_is_left_alone_for_the_quiet_hours(host, sim, container, queues, monkeypatch):
+    inst = sim.add_instance("ttd", "apps-test", [FORM])
+    sim.app("ttd", "apps-test").complete_allowed = False
+    host.run_timer("catchup")
+    assert host.wait_idle(timeout=60)
+    assert [m["failure"]["class"] for m in (json.loads(x.content) for x in queues[1].peek_messages(max_messages=32))] == ["confirmation-refused"]
+    queues[1].clear_messages()
+    # The next runs leave it alone: it is not re-queued (and parked again) every hour.
+    for _ in range(2):
+        host.run_timer("catchup")
+        assert host.wait_idle(timeout=60)
+    assert queue_depth(queues) == 0 and queues[1].peek_messages(max_messages=32) == []
+    assert sim.calls["complete"] == 1
+    from shared.catchup import run_catchup
+    from shared.runtime import get_runtime
+
+    report = run_catchup(get_runtime(), dry_run=True)
+    assert report.apps[0].skipped["confirmation-refused"] == 1
+    # After the quiet hours it is tried again (here: none), and, the policy fixed, confirmed.
+    monkeypatch.setenv("CATCHUP_REFUSED_QUIET_HOURS", "0")
+    sim.app("ttd", "apps-test").complete_allowed = True
+    host.run_timer("catchup")
+    assert host.wait_idle(timeout=60)
+    assert [c[0] for c in sim.confirmations] == [inst.id] and manifest(container, inst)[1].get("confirmed")
 
 
 def test_the_timer_function_archives_what_the_webhook_missed(host, sim, container, queues):
@@ -194,17 +237,19 @@ def test_a_next_link_to_another_host_is_not_followed(rt, sim, queues):
     """Only the continuation token of `next` is used; the URL is rebuilt on the configured platform."""
     from shared.catchup import run_catchup
 
-    instances = [sim.add_instance("ttd", "apps-test", [FORM]) for _ in range(4)]
+    for _ in range(4):
+        sim.add_instance("ttd", "apps-test", [FORM])
+    first = rt.altinn.query_instances("ttd", "apps-test", size=2)  # a real first page and its real token
+    sim.reset_counters()
     trap = socket.socket()
     trap.bind(("127.0.0.1", 0))
     trap.listen(8)
     trap.settimeout(0.2)
     try:
-        token = base64.b64encode(json.dumps({"after": instances[1]._seq}).encode()).decode()
         page = {
             "count": 2,
-            "instances": [i.to_json(omit_nulls=True) for i in instances[:2]],
-            "next": f"http://127.0.0.1:{trap.getsockname()[1]}/storage/api/v1/instances?org=ttd&continuationToken={token}",
+            "instances": first.instances,
+            "next": f"http://127.0.0.1:{trap.getsockname()[1]}/storage/api/v1/instances?org=ttd&continuationToken={quote(first.continuation_token)}",
         }
         sim.add_fault("query", status=200, body=json.dumps(page), times=1)
         report = run_catchup(rt, apps=[("ttd", "apps-test")], page_size=2)
@@ -213,7 +258,7 @@ def test_a_next_link_to_another_host_is_not_followed(rt, sim, queues):
     finally:
         trap.close()
     assert report.ok and report.found == 4 and report.enqueued == 4
-    assert sim.calls["query"] == 2
+    assert sim.calls["query"] == 3  # the faked first page, the real second (full), the empty third
 
 
 def test_an_instance_on_two_pages_is_enqueued_once(rt, sim, queues):
@@ -221,11 +266,13 @@ def test_an_instance_on_two_pages_is_enqueued_once(rt, sim, queues):
     from shared.catchup import run_catchup
 
     a, b, c = (sim.add_instance("ttd", "apps-test", [FORM]) for _ in range(3))
-    token = base64.b64encode(json.dumps({"after": a._seq}).encode()).decode()  # the next page starts again at b
+    # Newest first: c, b, a. A page [c, b] whose token points just after c: the next page starts again at b.
+    after_c = rt.altinn.query_instances("ttd", "apps-test", size=1).continuation_token
+    sim.reset_counters()
     page = {
         "count": 2,
-        "instances": [a.to_json(omit_nulls=True), b.to_json(omit_nulls=True)],
-        "next": f"{sim.url}/storage/api/v1/instances?continuationToken={token}",
+        "instances": [c.to_json(omit_nulls=True), b.to_json(omit_nulls=True)],
+        "next": f"{sim.url}/storage/api/v1/instances?continuationToken={quote(after_c)}",
     }
     sim.add_fault("query", status=200, body=json.dumps(page), times=1)
     report = run_catchup(rt, apps=[("ttd", "apps-test")], page_size=2)

@@ -227,7 +227,11 @@ def test_archive(env, sim, container, queues):
     gone = sim.add_instance("ttd", "apps-test", [ElementSpec()])
     sim.remove_instance(gone)
     code, doc, err = cli_json("archive", "ttd/apps-test", gone.id)
-    assert code == 1 and doc["outcome"] == "permanent-failure" and doc["status"] == 404 and "not found" in err
+    assert code == 1 and doc["outcome"] == "transient-failure" and doc["status"] == 404 and "404" in err  # storage's 404 is weak evidence
+    denied = sim.add_instance("ttd", "apps-test", [ElementSpec()])
+    sim.add_fault("instance", status=403, times=1, match=denied.instance_guid)
+    code, doc, err = cli_json("archive", "ttd/apps-test", denied.id)
+    assert code == 1 and doc["outcome"] == "permanent-failure" and doc["status"] == 403 and "access denied" in err
     assert queues[1].peek_messages() == []  # the CLI reports; it does not park anything
 
 

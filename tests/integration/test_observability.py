@@ -63,13 +63,13 @@ def test_every_record_about_an_instance_carries_the_correlation_fields(host, sim
     assert requests.post(host.function_url("receive"), json=event, timeout=30).status_code == 202
     assert host.wait_idle(timeout=60)
     gone = sim.add_instance("ttd", "apps-test", [ElementSpec()])
-    sim.remove_instance(gone)
+    sim.add_fault("instance", status=403, times=1, match=gone.instance_guid)  # a permanent failure: parked at once
     gone_event = sim.cloud_event(gone)
     assert requests.post(host.function_url("receive"), json=gone_event, timeout=30).status_code == 202
     assert host.wait_idle(timeout=60)
 
     archive_records = [r for r in ours(handler.records) if r["threadName"].startswith("archive")]
-    assert len(archive_records) >= 4  # tokens, archived and confirmed, permanent failure ...
+    assert len(archive_records) >= 4  # tokens, archived and confirmed, parked ...
     for r in archive_records:  # whoever wrote it: the Altinn client, Maskinporten, the pipeline
         assert {f: r.get(f) for f in FIELDS} == {
             "event_id": event["id"] if r["instance"] == inst.id else gone_event["id"],
@@ -83,8 +83,8 @@ def test_every_record_about_an_instance_carries_the_correlation_fields(host, sim
 
     done = [r for r in archive_records if r["message"] == "archived and confirmed"]
     assert len(done) == 1 and done[0]["outcome"] == "archived" and done[0]["instance"] == inst.id and done[0]["bytes"] == 7000
-    failed = [r for r in archive_records if r["message"].startswith("permanent failure")]
-    assert len(failed) == 1 and failed[0]["outcome"] == "permanent-failure" and failed[0]["status"] == 404
+    failed = [r for r in archive_records if r["message"].startswith("parked in poison:")]
+    assert len(failed) == 1 and failed[0]["outcome"] == "parked" and failed[0]["status"] == 403 and failed[0]["failure_class"] == "permanent"
     queued = [r for r in ours(handler.records) if r["message"] == "event queued"]
     assert [(r["event_id"], r["instance"], r["outcome"]) for r in queued] == [(event["id"], inst.id, "queued"), (gone_event["id"], gone.id, "queued")]
     # Nothing is None: OpenTelemetry attributes cannot be, so empty fields are dropped.
@@ -283,7 +283,7 @@ def test_with_application_insights_the_metrics_and_fields_reach_it(env, sim, con
     try:
         inst = sim.add_instance("ttd", "apps-test", [ElementSpec(size=3000), ElementSpec(data_type="vedlegg", size=40_000, filename="v.pdf")])
         gone = sim.add_instance("ttd", "big-app", [ElementSpec()])
-        sim.remove_instance(gone)
+        sim.add_fault("instance", status=403, times=1, match=gone.instance_guid)  # a permanent failure: parked at once
         event = sim.cloud_event(inst)
         from shared.events import Event
 
@@ -313,7 +313,9 @@ def test_with_application_insights_the_metrics_and_fields_reach_it(env, sim, con
     (latency, _), = ingestion.metrics("altinn_mottak.confirmation.latency")
     assert latency["count"] == 1 and 0 <= latency["value"] < 120
     (failure, fprops), = ingestion.metrics("altinn_mottak.failures")
-    assert failure["value"] == 1 and fprops == {"failure_class": "permanent", "org": "ttd", "app": "big-app", "status": "404"}
+    assert failure["value"] == 1 and fprops == {"failure_class": "permanent", "org": "ttd", "app": "big-app", "status": "403"}
+    (parked_metric, pprops), = ingestion.metrics("altinn_mottak.parked")
+    assert parked_metric["value"] == 1 and pprops == {"failure_class": "permanent", "org": "ttd", "app": "big-app"}
 
     (message,) = ingestion.messages("archived and confirmed")
     assert {k: message["properties"].get(k) for k in (*FIELDS, "outcome")} == {
@@ -321,8 +323,10 @@ def test_with_application_insights_the_metrics_and_fields_reach_it(env, sim, con
     }
     tokens = [message["properties"] for message in ingestion.messages("altinn token obtained")]
     assert tokens and tokens[0]["instance"] == inst.id  # a record of the Altinn client, correlated by the context
-    (parked,) = [m for m in ingestion.messages() if m["message"].startswith("permanent failure")]
+    (parked,) = [m for m in ingestion.messages() if m["message"].startswith("parked in poison:")]
     assert parked["properties"]["instance"] == gone.id and parked["properties"]["dequeue_count"] == "2" and "event_id" not in parked["properties"]
+    assert parked["properties"]["outcome"] == "parked" and parked["properties"]["failure_class"] == "permanent"
+    assert parked["severityLevel"] == 3  # Error: what the poison alert keys on (infra/app/alerts.bicep)
     assert {i["tags"].get("ai.cloud.role") for i in ingestion.items if i["data"]["baseType"] == "MessageData"} == {"altinn-mottak-test"}
 
     # No bearer token, grant or key material in anything sent.

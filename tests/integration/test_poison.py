@@ -45,33 +45,45 @@ def deliver(host, sim, inst):
 
 @pytest.fixture
 def parked(host, sim, rt, azurite):
-    """Four poison messages: a 403 (pipeline, permanent), a 503 on /complete five times (moved by the
-    host), a message that is not ours (pipeline, unreadable) and one that is not base64 (host)."""
+    """Five poison messages: a 403 (pipeline, permanent), a 503 on /complete for longer than
+    ARCHIVE_RETRY_MAX_HOURS (pipeline, retries exhausted), a message that is not ours (pipeline,
+    unreadable), one that is not base64 (moved by the host without an invocation), and one the host
+    moved after maxDequeueCount (a crash or timeout on every attempt: written here the way the host
+    writes it, the original message unchanged)."""
+    from shared.events import InstanceRef, queue_message
+
     denied = sim.add_instance("ttd", "apps-test", [FORM])
     sim.add_fault("instance", status=403, times=1, match=denied.instance_guid)
     deliver(host, sim, denied)
     exhausted = sim.add_instance("ttd", "apps-test", [FORM])
-    sim.add_fault("complete", status=503, times=100, match=exhausted.instance_guid)
+    sim.add_fault("complete", status=503, times=1000, match=exhausted.instance_guid)
     deliver(host, sim, exhausted)
     events = raw_queue(azurite, "altinn-events")
     events.send_message(base64.b64encode(b'{"not": "ours"}').decode())
     events.send_message("this is not base64 {")
+    moved = sim.add_instance("ttd", "apps-test", [FORM])
+    body = json.dumps(queue_message(None, InstanceRef.parse(moved.org, moved.app, moved.id), via="webhook"))
+    raw_queue(azurite, "altinn-events-poison").send_message(base64.b64encode(body.encode()).decode())
     assert host.wait_idle(timeout=60)
     host.stop()  # from here on nothing consumes the main queue: what a replay writes stays visible
     sim.clear_faults()
-    assert len(raw_messages(azurite, "altinn-events-poison")) == 4
-    return denied, exhausted
+    assert len(raw_messages(azurite, "altinn-events-poison")) == 5
+    return denied, exhausted, moved
 
 
 def test_peek_lists_each_message_with_why_it_is_there(parked, rt):
-    denied, exhausted = parked
+    denied, exhausted, moved = parked
     entries, count = poison.peek(rt)
-    assert count == 4
+    assert count == 5
     by_instance = {e.instance: e for e in entries}
     d = by_instance[f"ttd/apps-test/{denied.id}"]
     assert d.parked_by == "pipeline" and d.status == 403 and "access denied" in d.reason and d.event_id and d.via == "webhook"
+    assert d.failure_class == "permanent" and d.attempts == 0
     x = by_instance[f"ttd/apps-test/{exhausted.id}"]
-    assert x.parked_by == "host" and x.reason == poison.HOST_REASON and x.status is None
+    assert x.parked_by == "pipeline" and x.failure_class == "retries-exhausted" and x.status == 503 and x.attempts >= 3
+    assert "transient failures for" in x.reason and "HTTP 503" in x.reason
+    h = by_instance[f"ttd/apps-test/{moved.id}"]
+    assert h.parked_by == "host" and h.reason == poison.HOST_REASON and h.status is None
     unreadable = [e for e in entries if e.instance is None]
     assert len(unreadable) == 2 and all(e.parked_by == "unreadable" for e in unreadable)
     assert any("instance reference" in e.reason for e in unreadable)  # the pipeline's reason, kept
@@ -79,12 +91,12 @@ def test_peek_lists_each_message_with_why_it_is_there(parked, rt):
 
 
 def test_replay_one_instance_strips_the_failure_and_leaves_the_rest_visible(parked, rt, azurite, sim, env, host_json, container):
-    denied, exhausted = parked
+    denied, exhausted, moved = parked
     before = {poison.instance_key(poison.decode(c)): c for c in raw_messages(azurite, "altinn-events-poison")}
 
     report = poison.replay(rt, instances=[denied.id])
     assert [e.instance for e in report.replayed] == [f"ttd/apps-test/{denied.id}"]
-    assert report.left == 1 and report.unreadable == 2 and report.delete_failed == 0
+    assert report.left == 2 and report.unreadable == 2 and report.delete_failed == 0
 
     main = raw_messages(azurite, "altinn-events")
     assert len(main) == 1
@@ -93,25 +105,28 @@ def test_replay_one_instance_strips_the_failure_and_leaves_the_rest_visible(park
     assert "failure" not in doc and doc == {k: v for k, v in original.items() if k != "failure"}
     # The others are back on the poison queue and visible at once (not held for the lease).
     _, count = poison.peek(rt)
-    assert count == 3 and len(raw_messages(azurite, "altinn-events-poison")) == 3
+    assert count == 4 and len(raw_messages(azurite, "altinn-events-poison")) == 4
 
-    # All the rest: the host-moved message goes back byte for byte; unreadable ones stay.
+    # All the rest: the host-moved message goes back byte for byte; the retry state of the exhausted one
+    # is stripped (its schedule starts afresh); unreadable ones stay.
     report = poison.replay(rt, instances=None)
-    assert [e.instance for e in report.replayed] == [f"ttd/apps-test/{exhausted.id}"] and report.unreadable == 2
+    assert sorted(e.instance for e in report.replayed) == sorted(f"ttd/apps-test/{i.id}" for i in (exhausted, moved)) and report.unreadable == 2
     main = raw_messages(azurite, "altinn-events")
-    assert before[f"ttd/apps-test/{exhausted.id}"] in main
+    assert before[f"ttd/apps-test/{moved.id}"] in main
+    replayed = [json.loads(base64.b64decode(c)) for c in main]
+    assert all("retry" not in m and "failure" not in m for m in replayed)
     assert len(raw_messages(azurite, "altinn-events-poison")) == 2
 
     with LocalHost(__import__("function_app").app, connection_string=azurite.connection_string, host_json=host_json) as again:
         assert again.wait_idle(timeout=60)
-    assert sorted(c[0] for c in sim.confirmations) == sorted([denied.id, exhausted.id])
+    assert sorted(c[0] for c in sim.confirmations) == sorted([denied.id, exhausted.id, moved.id])
     assert len(raw_messages(azurite, "altinn-events-poison")) == 2  # the unreadable ones, untouched
 
 
 def test_dry_run_moves_nothing(parked, rt, azurite):
     before = sorted(raw_messages(azurite, "altinn-events-poison"))
     report = poison.replay(rt, instances=None, dry_run=True)
-    assert len(report.replayed) == 2 and report.dry_run
+    assert len(report.replayed) == 3 and report.dry_run
     assert raw_messages(azurite, "altinn-events") == []
     assert sorted(raw_messages(azurite, "altinn-events-poison")) == before  # all there, all visible
 
@@ -136,16 +151,38 @@ def test_a_replay_that_fails_again_does_not_loop(host, sim, rt, azurite):
 
 
 def test_a_failed_write_to_the_main_queue_keeps_the_message_on_the_poison_queue(rt, azurite, env):
-    # Plain JSON (not base64) just under the 64 KiB limit: replaying it means base64-encoding it,
-    # which Azure Storage refuses as too large. The write fails for real; nothing may be lost.
+    # Plain JSON (not base64) under the 64 KiB limit, with a failure record: replaying it means
+    # base64-encoding it, which makes it too large. It is skipped and reported, and nothing is lost.
     instance = {"org": "ttd", "app": "apps-test", "partyId": "50001", "instanceGuid": "428a4575-2c04-4400-89a3-1aaadd2579cd"}
-    doc = {"version": 1, "event": None, "instance": instance, "via": "webhook", "queuedAt": "2025-01-01T10:00:00Z", "pad": "x" * 55_000}
+    doc = {"version": 1, "event": None, "instance": instance, "via": "webhook", "queuedAt": "2025-01-01T10:00:00Z", "pad": "x" * 55_000,
+           "failure": {"reason": "r", "status": 403}}
     q = raw_queue(azurite, "altinn-events-poison")
     q.send_message(json.dumps(doc))
-    with pytest.raises(TransientError, match="replay stopped"):
-        poison.replay(rt, instances=None)
+    report = poison.replay(rt, instances=None)
+    assert report.replayed == [] and len(report.skipped) == 1 and not report.ok
     assert raw_messages(azurite, "altinn-events") == []
     assert [json.loads(c)["pad"] == doc["pad"] for c in raw_messages(azurite, "altinn-events-poison")] == [True]
+
+
+def test_a_storage_failure_during_a_replay_stops_it_and_loses_nothing(rt, azurite, env, monkeypatch):
+    from azure.core.exceptions import ServiceRequestError
+    from azure.storage.queue import QueueClient
+
+    instance = {"org": "ttd", "app": "apps-test", "partyId": "50001", "instanceGuid": "428a4575-2c04-4400-89a3-1aaadd2579cd"}
+    body = base64.b64encode(json.dumps({"version": 1, "event": None, "instance": instance, "via": "webhook"}).encode()).decode()
+    raw_queue(azurite, "altinn-events-poison").send_message(body)
+    real_send = QueueClient.send_message
+
+    def failing(self, *args, **kwargs):
+        if self.queue_name == "altinn-events":
+            raise ServiceRequestError("connection refused")
+        return real_send(self, *args, **kwargs)
+
+    monkeypatch.setattr(QueueClient, "send_message", failing)
+    with pytest.raises(TransientError, match="replay stopped"):
+        poison.replay(rt, instances=None)
+    monkeypatch.setattr(QueueClient, "send_message", real_send)
+    assert raw_messages(azurite, "altinn-events-poison") == [body]
 
 
 def test_selectors():
@@ -169,14 +206,15 @@ def cli(*args):
 
 
 def test_cli_poison_and_replay(parked, rt, azurite):
-    denied, exhausted = parked
+    denied, exhausted, moved = parked
     code, out, _ = cli("poison", "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["count"] == 4 and len(doc["messages"]) == 4
+    assert code == 0 and doc["count"] == 5 and len(doc["messages"]) == 5
     assert {m["parkedBy"] for m in doc["messages"]} == {"pipeline", "host", "unreadable"}
+    assert {m["failureClass"] for m in doc["messages"]} == {"permanent", "retries-exhausted", "unreadable", None}
 
     code, out, _ = cli("poison")
-    assert code == 0 and "HTTP 403" in out and "about 4 message(s)" in out
+    assert code == 0 and "HTTP 403" in out and "about 5 message(s)" in out
 
     code, out, err = cli("replay-poison", "--json")  # neither --all nor --instance
     assert code == 2 and json.loads(out)["ok"] is False and "required" in err
@@ -189,8 +227,8 @@ def test_cli_poison_and_replay(parked, rt, azurite):
 
     code, out, _ = cli("replay-poison", "--all", "--json")
     doc = json.loads(out)
-    assert code == 0 and doc["replayed"] == 2 and doc["unreadable"] == 2 and doc["ok"]
-    assert len(raw_messages(azurite, "altinn-events")) == 2
+    assert code == 0 and doc["replayed"] == 3 and doc["unreadable"] == 2 and doc["ok"]
+    assert len(raw_messages(azurite, "altinn-events")) == 3
 
     code, out, _ = cli("replay-poison", "--instance", denied.id)
     assert code == 0 and "would replay" not in out and "replayed 0" in out and "no poison message matched" in out

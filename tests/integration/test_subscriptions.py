@@ -32,7 +32,7 @@ def test_subscribe_is_validated_by_the_push_to_our_webhook_and_delivers(host, si
     assert r.validated and not r.existed and r.app == "ttd/apps-test"
     stored = sim.subscriptions[r.subscription.id]
     assert stored["endPoint"] == endpoint
-    assert stored["sourceFilter"] == f"{sim.url}/ttd/apps-test"  # {app host}/{org}/{app}, no trailing slash
+    assert stored["sourceFilter"] == f"{sim.apps_url}/ttd/apps-test"  # {app host}/{org}/{app}, no trailing slash
     assert stored["typeFilter"] == "app.instance.process.completed" and stored["validated"] is True
     assert host.stats["receive"]["successes"] >= 1  # the validation event came through the webhook ...
     assert queues[0].peek_messages(max_messages=32) == []  # ... and was acknowledged, not queued
@@ -77,7 +77,7 @@ def test_list_filters_by_app_and_delete(host, sim, rt):
     endpoint = host.function_url("receive")
     created = subscriptions.subscribe(rt, [("ttd", "apps-test"), ("ttd", "big-app")], endpoint, ["app.instance.process.completed"], wait=5, poll_interval=0.05)
     # A subscription of our org for a source that is not one of our apps.
-    foreign = rt.altinn.create_subscription({"endPoint": "https://example.com/hook", "sourceFilter": f"{sim.url}/ttd/legacy-app"})
+    foreign = rt.altinn.create_subscription({"endPoint": "https://example.com/hook", "sourceFilter": f"{sim.apps_url}/ttd/legacy-app"})
 
     ours = subscriptions.list_subscriptions(rt, ours_only=True)
     assert [s.app for s in ours] == ["ttd/apps-test", "ttd/big-app"] and all(s.validated for s in ours)
@@ -135,3 +135,35 @@ def test_endpoint_checks_accept_https_loopback_and_keyless_when_asked():
 )
 def test_redact_endpoint(url, shown):
     assert subscriptions.redact_endpoint(url) == shown
+
+
+def test_an_unvalidated_identical_subscription_is_posted_again_for_a_new_validation(host, sim, rt, monkeypatch):
+    """Altinn gives up on a failed validation after a few minutes and re-sends the validation event
+    only when the identical subscription is posted again (SubscriptionService.CompleteSubscriptionCreation):
+    running `subscribe` again, once the endpoint is fixed, must repair it."""
+    import time
+
+    good = host.function_url("receive")
+    apps = __import__("os").environ["ALTINN_APPS"]
+    monkeypatch.setenv("ALTINN_APPS", "")  # the webhook is misconfigured while Altinn validates: it answers 500
+    first = subscriptions.subscribe(rt, [("ttd", "apps-test")], good, ["app.instance.process.completed"], wait=0)
+    sub_id = first[0].subscription.id
+    deadline = time.monotonic() + 15
+    while len([a for a in sim.validation_attempts if a[0] == sub_id]) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    attempts = [status for i, status in sim.validation_attempts if i == sub_id]
+    assert len(attempts) == 4 and set(attempts) == {500} and not sim.subscriptions[sub_id]["validated"]  # Altinn gave up
+    monkeypatch.setenv("ALTINN_APPS", apps)  # fixed
+    again = subscriptions.subscribe(rt, [("ttd", "apps-test")], good, ["app.instance.process.completed"], wait=10, poll_interval=0.05)
+    assert again[0].existed and again[0].reposted and again[0].subscription.id == sub_id
+    assert again[0].validated and sim.subscriptions[sub_id]["validated"] is True and len(sim.subscriptions) == 1
+
+
+def test_identity_includes_the_subject_filters_and_subunits(host, sim, rt):
+    """An existing subscription with a subject filter is not ours to reuse (findsubscription.sql)."""
+    endpoint = host.function_url("receive")
+    rt.altinn.create_subscription({"endPoint": endpoint, "sourceFilter": f"{sim.apps_url}/ttd/apps-test", "typeFilter": "app.instance.process.completed",
+                                   "subjectFilter": "/party/50001"})
+    results = subscriptions.subscribe(rt, [("ttd", "apps-test")], endpoint, ["app.instance.process.completed"], wait=10, poll_interval=0.05)
+    assert not results[0].existed and len(sim.subscriptions) == 2

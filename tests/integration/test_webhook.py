@@ -18,7 +18,7 @@ def cloud_event(sim, **overrides):
         "id": str(uuid.uuid4()),
         "time": "2025-01-01T10:00:00.1234567Z",
         "type": "app.instance.process.completed",
-        "source": f"{sim.url}/ttd/apps-test/instances/50660768/{GUID}",
+        "source": f"{sim.apps_url}/ttd/apps-test/instances/50660768/{GUID}",
         "resource": "urn:altinn:resource:app_ttd_apps-test",
         "resourceinstance": f"50660768/{GUID}",
         "subject": "/party/50660768",
@@ -34,6 +34,14 @@ def post(host, body, content_type="application/json; charset=utf-8", **kwargs):
 
 def queued(queue):
     return [json.loads(m.content) for m in queue.peek_messages(max_messages=32)]
+
+
+def test_an_event_naming_the_platform_host_as_source_is_refused(host, sim, queues):
+    """The source must be the app host: the platform (where our token goes) is not an event source."""
+    events, _ = queues
+    resp = post(host, cloud_event(sim, source=f"{sim.url}/ttd/apps-test/instances/50660768/{GUID}"))
+    assert resp.status_code == 400 and resp.json()["code"] == "invalid_source"
+    assert queued(events) == []
 
 
 def test_accepted_event_is_queued_before_the_answer(host, sim, queues):

@@ -3,19 +3,24 @@ the local host). Small blocks (1 MiB) so that multi-block uploads happen with sm
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from tests.reliability.support import install_complete_guard
+from tests.support.hostile import HostileAltinn
 
 
 @pytest.fixture
 def rel_env(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     monkeypatch.setenv("ARCHIVE_BLOCK_SIZE_MIB", "1")
     monkeypatch.setenv("ARCHIVE_PARALLEL_DOWNLOADS", "4")
-    return dict(env, ARCHIVE_BLOCK_SIZE_MIB="1", ARCHIVE_PARALLEL_DOWNLOADS="4")
+    # A retry window of about 11 s (tests/conftest.py: 3.6 s): room for several deferred attempts
+    # on a loaded machine, still short enough for the tests that wait for it to run out.
+    monkeypatch.setenv("ARCHIVE_RETRY_MAX_HOURS", "0.003")
+    return dict(env, ARCHIVE_BLOCK_SIZE_MIB="1", ARCHIVE_PARALLEL_DOWNLOADS="4", ARCHIVE_RETRY_MAX_HOURS="0.003")
 
 
 @pytest.fixture
@@ -110,3 +115,34 @@ def webhook_host(webhook_env: dict[str, str], azurite: Any, host_json: Any, sock
     with LocalHost(webhook_only_app(), connection_string=azurite.connection_string, host_json=host_json) as runner:
         socket_guard.allowed_ports.add(runner.port)
         yield runner
+
+
+# -- a hostile Altinn (test_hostile_upstream, test_hostile_queue) ----------------------------------
+
+
+@pytest.fixture
+def altinn(monkeypatch: pytest.MonkeyPatch, azurite: Any, rsa_key: dict[str, Any]) -> Iterator[HostileAltinn]:
+    """The app's settings pointed at a hostile Altinn (tests/support/hostile.py) and Azurite."""
+    from tests.conftest import _clear_queues
+
+    with HostileAltinn() as server:
+        values = {
+            "ALTINN_ENVIRONMENT": "tt02",
+            "ALTINN_APPS": "ttd/apps-test",
+            "ALTINN_PLATFORM_URL": server.url,
+            "ALTINN_APPS_URL": "http://127.0.0.1:9",  # never called: nothing listens there
+            "MASKINPORTEN_URL": server.maskinporten_issuer,
+            "MASKINPORTEN_CLIENT_ID": "hostile-test",
+            "MASKINPORTEN_PRIVATE_KEY": rsa_key["private_pem"],
+            "MASKINPORTEN_KID": "k1",
+            "ARCHIVE_CONTAINER": f"hostile-{uuid.uuid4().hex[:12]}",
+            "ARCHIVE_STATE_CONTAINER": f"state-{uuid.uuid4().hex[:12]}",
+            "AzureWebJobsStorage": azurite.connection_string,
+            "ARCHIVE_RETRY_SCHEDULE": "0",
+        }
+        for key, value in values.items():
+            monkeypatch.setenv(key, value)
+        for name in ("MASKINPORTEN_CERTIFICATE", "ALTINN_EVENT_TYPES", "ARCHIVE_BLOCK_SIZE_MIB"):
+            monkeypatch.delenv(name, raising=False)
+        _clear_queues(azurite.connection_string)
+        yield server

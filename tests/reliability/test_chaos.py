@@ -3,8 +3,9 @@ than a fifth of all calls to Altinn and Maskinporten fail, events arrive twice a
 and tokens are revoked under the workers' feet.
 
 * Instances: ``CHAOS_INSTANCES`` (default 220) of mixed sizes (forms of a few KB, attachments up to
-  12 MiB, streamed in 1 MiB blocks), plus a few that fail permanently: removed in Altinn (404),
-  access denied (403), hard deleted.
+  12 MiB, streamed in 1 MiB blocks), two hard-deleted ones (archived and confirmed like the rest:
+  storage keeps them for us), plus a few that fail permanently: removed in Altinn (404 in a row),
+  access denied (403).
 * Faults: every endpoint (token, exchange, instance, data, complete) gets seeded probability faults
   drawn from the fault list: 500, 502, 503, 429 with Retry-After, read timeouts, connection resets
   mid-body, bodies shorter than Content-Length, Maskinporten invalid_grant, exchange 401, 401 on
@@ -12,13 +13,13 @@ and tokens are revoked under the workers' feet.
   Maskinporten tokens) are revoked.
 * Delivery: every completed event through the real webhook over HTTP, 10 % of them twice (half
   shuffled in, half after everything settled), the order shuffled, ``app.instance.created`` events
-  for some instances mixed in. The local host gives real queue semantics: visibility timeout 0,
-  maxDequeueCount 5, poison queue.
-* With faults this frequent an instance may fail five deliveries in a row: it lands in the poison
-  queue. (Rare at the default rate: the in-process retries and the reuse of stored elements absorb
-  most; ``CHAOS_FAULT_SCALE=3.5``, about 64 % of calls failing, parks dozens.) The operator's
-  answer is a replay (``altinn-mottak replay-poison --instance ...`` for each parked by the host),
-  done here while the faults go on; the replays are counted and printed.
+  for some instances mixed in. The local host gives real queue semantics; the app schedules its own
+  retries (immediate, then every second, for up to 6 minutes here).
+* An instance whose faults outlast that window is parked (``retries-exhausted``); at the default
+  rate none is, since the retries and the reuse of stored elements absorb them
+  (``CHAOS_FAULT_SCALE=3.5``, about 64 % of calls failing, can exhaust some). The operator's answer
+  is a replay (``altinn-mottak replay-poison --instance ...``), done here while the faults go on;
+  the replays are counted and printed.
 
 Afterwards: lost = 0 (every instance that can be archived is, with its manifest, and confirmed),
 early confirmations = 0 (the simulator checked at every /complete that the archive was whole),
@@ -128,6 +129,10 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
     from devtools.localhost import LocalHost
 
     rng = random.Random(SEED)
+    # The app's retry schedule: immediate, then every second, for up to 6 minutes (in Azure: 60 s
+    # growing to an hour, for 24 hours). Long enough that the faults below never exhaust it.
+    monkeypatch.setenv("ARCHIVE_RETRY_SCHEDULE", "0,0,1")
+    monkeypatch.setenv("ARCHIVE_RETRY_MAX_HOURS", "0.1")
     monkeypatch.setattr(shared.altinn, "TIMEOUT", (2, READ_TIMEOUT))
     monkeypatch.setattr(shared.maskinporten, "TIMEOUT", (2, READ_TIMEOUT))
     # Short token lifetimes, so that the token and exchange calls (and their faults) happen often.
@@ -139,18 +144,19 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
     good = [sim.add_instance("ttd", rng.choice(["apps-test", "big-app"]), element_specs(rng)) for _ in range(INSTANCES)]
     gone = [sim.add_instance("ttd", "apps-test", [ElementSpec(size=1000)]) for _ in range(6)]
     denied = [sim.add_instance("ttd", "apps-test", [ElementSpec(size=1000)]) for _ in range(4)]
-    deleted = [sim.add_instance("ttd", "apps-test", [ElementSpec(size=1000)], hard_deleted=True) for _ in range(2)]
+    # Hard deleted by the submitter: storage keeps them for us until we confirm; archived like any other.
+    good += [sim.add_instance("ttd", "apps-test", [ElementSpec(size=1000)], hard_deleted=True) for _ in range(2)]
     events_gone = {i.id: sim.cloud_event(i) for i in gone}
     for inst in gone:
         sim.remove_instance(inst)
     for inst in denied:  # before the probability faults: these are checked first
         sim.add_fault("instance", status=403, times=10_000, match=inst.instance_guid)
-    permanent = {i.id: (404, i) for i in gone} | {i.id: (403, i) for i in denied} | {i.id: (None, i) for i in deleted}
+    permanent = {i.id: (404, i) for i in gone} | {i.id: (403, i) for i in denied}
     for n, (endpoint, _kind, probability, fault) in enumerate(FAULTS):
         sim.add_fault(endpoint, probability=min(1.0, probability * FAULT_SCALE), seed=SEED + n, **fault)
 
     # -- what to deliver ------------------------------------------------------------------------
-    completed = {i.id: sim.cloud_event(i) for i in good + denied + deleted} | events_gone
+    completed = {i.id: sim.cloud_event(i) for i in good + denied} | events_gone
     deliveries = list(completed.values())
     twice = rng.sample(list(completed), k=max(1, len(completed) // 10))
     late = twice[: len(twice) // 2]
@@ -218,11 +224,12 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
             list(pool.map(post, [completed[i] for i in late]))
         assert host.wait_idle(timeout=300, settle=1.0)
 
-        # The operator: replay what the host parked after five failed attempts (the faults go on),
-        # by instance; the permanent failures stay parked.
+        # The operator: replay what was parked for exhausted retries (none, if the schedule held up;
+        # the faults go on), by instance; the permanent failures stay parked.
         for _ in range(5):
             parked = peek_all(queue_client(azurite.connection_string, "altinn-events-poison"))
-            retries_exhausted = sorted({f"{p['instance']['partyId']}/{p['instance']['instanceGuid']}" for p in parked if "failure" not in p})
+            exhausted = [p for p in parked if (p.get("failure") or {}).get("class", "host") in ("host", "retries-exhausted")]
+            retries_exhausted = sorted({f"{p['instance']['partyId']}/{p['instance']['instanceGuid']}" for p in exhausted})
             if not retries_exhausted:
                 break
             report = replay_poison(instances=retries_exhausted)
@@ -250,7 +257,8 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
         "seed": SEED,
         "instances": len(good) + len(permanent),
         "archivable instances": len(good),
-        "permanent failures (404/403/hard deleted)": len(permanent),
+        "permanent failures (404 in a row, 403)": len(permanent),
+        "hard-deleted instances (archived)": sum(1 for i in good if i.hard_deleted),
         "data elements": sum(len(i.elements) for i in good),
         "bytes archived": sum(inst._specs[e["id"]].size for inst in good for e in inst.elements),
         "webhook deliveries (incl. duplicates and ignored types)": sum(answers.values()),
@@ -262,7 +270,7 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
         "token revocations (altinn, maskinporten)": (revocations["altinn"], revocations["maskinporten"]),
         "archive invocations": stats["invocations"],
         "redeliveries (dequeueCount > 1)": redeliveries,
-        "parked by the host after 5 attempts, replayed": replays,
+        "parked for exhausted retries, replayed": replays,
         "outcomes": dict(outcomes),
         "confirmations (incl. repeats)": len(sim.confirmations),
         "lost": len(lost),

@@ -197,14 +197,26 @@ def test_no_secret_in_any_log_record_or_exception(rel_host, guarded, container, 
         status, body = post_with_key_in_query(rel_host, json.dumps(sim.cloud_event(e)).encode(), rel_host.function_key)
         answers.append(body)
         assert rel_host.wait_idle(timeout=60)
+
+        # 5. Settings that do not load at all: the invocation itself fails (a traceback in the host's
+        # log), the host retries it and moves it after maxDequeueCount (the backstop path).
+        from shared.events import InstanceRef, queue_message
+
+        f = sim.add_instance("ttd", "apps-test", [FORM])
+        body_f = json.dumps(queue_message(None, InstanceRef.parse(f.org, f.app, f.id), via="webhook"))
+        monkeypatch.setenv("MASKINPORTEN_PRIVATE_KEY", rsa_key["private_pem"])
+        monkeypatch.delenv("MASKINPORTEN_CLIENT_ID")
+        queue_client(azurite.connection_string, "altinn-events").send_message(body_f)  # the client encodes base64
+        assert rel_host.wait_idle(timeout=60)
     finally:
         restore(capture, saved)
 
     # The paths above really happened.
     stats = rel_host.stats["archive"]
-    assert stats["failures"] >= 5 and stats["poisoned"] >= 2
-    messages = " ".join(m for _, m in stats["exceptions"])
-    assert "MASKINPORTEN_PRIVATE_KEY" in messages and "Maskinporten refused the grant" in messages
+    logged = "\n".join(capture.texts)
+    assert "MASKINPORTEN_PRIVATE_KEY" in logged and "Maskinporten refused the grant" in logged
+    assert "outcome=deferred" in logged or "deferred" in logged
+    assert stats["failures"] >= 5 and stats["poisoned"] >= 1 and "MASKINPORTEN_CLIENT_ID" in " ".join(m for _, m in stats["exceptions"])
     assert len(grants) >= 3 and len(sim._mp_tokens) >= 2 and len(sim._altinn_tokens) >= 2
 
     # Collect the secrets.

@@ -44,6 +44,46 @@ def test_overrides_and_lists():
     assert s.allowed_origins() == {"http://127.0.0.1:9000"}
 
 
+def test_only_the_platform_may_receive_the_token():
+    s = load_settings(BASE | {"ALTINN_APPS": "ttd/a,brg/b", "ALTINN_ENVIRONMENT": "production"})
+    assert s.allowed_origins() == {"https://platform.altinn.no"}  # no app host, ever
+    assert s.storage_instance_url("5001", "g") == "https://platform.altinn.no/storage/api/v1/instances/5001/g"
+
+
+def test_retry_and_download_settings():
+    s = load_settings(BASE)
+    assert s.retry_schedule == (60, 120, 300, 900, 1800, 3600) and s.retry_max_hours == 24
+    assert [s.retry_delay(n) for n in (1, 2, 6, 7, 50)] == [60, 120, 3600, 3600, 3600]
+    assert s.min_download_rate == 1024 * 1024 and s.catchup_refused_quiet_hours == 24
+    assert s.state_container == "altinn-mottak-state"
+    s = load_settings(BASE | {"ARCHIVE_RETRY_SCHEDULE": " 0.5, 2 ,10", "ARCHIVE_RETRY_MAX_HOURS": "0.01", "ARCHIVE_MIN_DOWNLOAD_RATE_KIB": "64",
+                              "CATCHUP_REFUSED_QUIET_HOURS": "0", "ARCHIVE_STATE_CONTAINER": "my-state"})
+    assert s.retry_schedule == (0.5, 2, 10) and s.retry_max_hours == 0.01 and s.min_download_rate == 64 * 1024
+    assert s.catchup_refused_quiet_hours == 0 and s.state_container == "my-state"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("ARCHIVE_RETRY_SCHEDULE", "60,soon"),
+        ("ARCHIVE_RETRY_SCHEDULE", "-1"),
+        ("ARCHIVE_RETRY_SCHEDULE", "700000"),
+        ("ARCHIVE_RETRY_SCHEDULE", ","),
+        ("ARCHIVE_RETRY_MAX_HOURS", "0"),
+        ("ARCHIVE_RETRY_MAX_HOURS", "nan"),
+        ("ARCHIVE_RETRY_MAX_HOURS", "1000"),
+        ("ARCHIVE_MIN_DOWNLOAD_RATE_KIB", "0"),
+        ("CATCHUP_REFUSED_QUIET_HOURS", "-2"),
+        ("ARCHIVE_STATE_CONTAINER", "altinn-data"),
+        ("ARCHIVE_STATE_CONTAINER", "Bad_Name"),
+    ],
+)
+def test_bad_retry_settings_name_the_setting_not_the_value(name, value):
+    with pytest.raises(ConfigError) as err:
+        load_settings(BASE | {name: value})
+    assert err.value.setting == name
+
+
 def test_identity_based_storage():
     s = load_settings(BASE | {"AzureWebJobsStorage__accountName": "stmottak01", "AzureWebJobsStorage__clientId": "abc"})
     assert s.storage.uses_identity

@@ -56,8 +56,9 @@ def test_accepted_event_becomes_a_queue_message(settings):
     assert out.message["event"]["id"] == "7d0a5e2c-5ad1-4bd3-9f4f-8f4b1b1bb7a1"
     assert out.message["event"]["source"] == SOURCE
     assert out.message["event"]["time"] == "2025-01-01T10:00:00.1234567Z"
-    ref, msg = parse_message(json.dumps(out.message).encode())
-    assert ref == InstanceRef("ttd", "apps-test", "50660768", GUID)
+    msg = parse_message(json.dumps(out.message).encode())
+    assert msg.ref == InstanceRef("ttd", "apps-test", "50660768", GUID)
+    assert msg.event_id == "7d0a5e2c-5ad1-4bd3-9f4f-8f4b1b1bb7a1" and msg.via == "webhook" and msg.retry is None
 
 
 def test_validation_event_is_acknowledged_not_queued(settings):
