@@ -138,7 +138,52 @@ def test_status_reports_a_token_failure_without_the_key(env, sim, monkeypatch, r
 
     monkeypatch.setenv("MASKINPORTEN_PRIVATE_KEY", "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/secrets/mp/)")
     code, doc, _ = cli_json("status")
-    assert code == 1 and "Key Vault reference" in doc["token"]["error"] and "MASKINPORTEN_PRIVATE_KEY" in doc["token"]["error"]
+    error = doc["token"]["error"]
+    assert code == 1 and "unresolved Key Vault reference" in error and "MASKINPORTEN_PRIVATE_KEY" in error
+    assert "Key Vault Secrets User" in error and "restart" in error  # what to check
+
+
+def test_an_unresolved_key_vault_reference_defers_events_until_it_is_fixed(env, sim, container, queues, monkeypatch):
+    """On a first start the platform may not have resolved the reference yet: the archive function
+    says exactly that and lets its retry schedule carry the events; fixed, they are archived."""
+    from shared.events import InstanceRef, queue_message
+    from shared.pipeline import handle_message
+
+    key = os.environ["MASKINPORTEN_PRIVATE_KEY"]
+    monkeypatch.setenv("MASKINPORTEN_PRIVATE_KEY", "@Microsoft.KeyVault(VaultName=kv-mottak;SecretName=maskinporten-private-key)")
+    inst = sim.add_instance("ttd", "apps-test", [ElementSpec(size=500)])
+    body = json.dumps(queue_message(None, InstanceRef.parse(inst.org, inst.app, inst.id), via="webhook"))
+    result = handle_message(body)
+    assert result.outcome == "deferred" and result.failure_class == "config" and "unresolved Key Vault reference" in result.reason
+    assert sim.calls["token"] == 0 and queues[1].peek_messages() == []
+    (following,) = queues[0].receive_messages(max_messages=1)
+    monkeypatch.setenv("MASKINPORTEN_PRIVATE_KEY", key)  # resolved (after a restart)
+    assert handle_message(following.content).outcome == "archived"
+    assert [c[0] for c in sim.confirmations] == [inst.id]
+
+
+def test_status_lists_deferred_attempts_and_refused_confirmations(env, sim, container, queues):
+    from shared.events import InstanceRef, queue_message
+    from shared.pipeline import handle_message
+
+    waiting = sim.add_instance("ttd", "apps-test", [ElementSpec(size=500)])
+    sim.add_fault("instance", status=503, times=3, match=waiting.instance_guid)
+    assert handle_message(json.dumps(queue_message(None, InstanceRef.parse("ttd", "apps-test", waiting.id), via="webhook"))).outcome == "deferred"
+    refused = sim.add_instance("ttd", "big-app", [ElementSpec(size=500)])
+    sim.app("ttd", "big-app").complete_allowed = False
+    assert handle_message(json.dumps(queue_message(None, InstanceRef.parse("ttd", "big-app", refused.id), via="webhook"))).outcome == "parked"
+
+    code, doc, _ = cli_json("status", "--no-token")
+    (deferred,) = doc["deferred"]["items"]
+    assert deferred["instance"]["instanceGuid"] == waiting.instance_guid and deferred["attempt"] == 1 and "HTTP 503" in deferred["lastReason"]
+    (unconfirmed,) = doc["confirmationRefused"]
+    assert unconfirmed["instance"] == f"ttd/big-app/{refused.id}" and "policy" in unconfirmed["likelyCause"]
+    code, out, _ = cli("status", "--no-token")
+    assert "deferred:  1 instance(s) waiting for their next attempt" in out and "archived, confirmation refused: 1" in out
+    # Archived at last: the record of the deferred attempt is gone.
+    (following,) = queues[0].receive_messages(max_messages=1)
+    assert handle_message(following.content).outcome == "archived"
+    assert cli_json("status", "--no-token")[1]["deferred"]["items"] == []
 
 
 # -- subscriptions ----------------------------------------------------------------------------
