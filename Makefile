@@ -9,12 +9,14 @@ PY     := $(VENV)/bin/python
 demo: $(VENV)/.installed node_modules/.installed
 	$(PY) -m devtools.demo
 
-## test: the full test suite (unit + integration over Azurite and the simulator)
+## test: the full test suite (unit, in-process, integration over Azurite and the simulator, reliability,
+## contract, infra), on every core (pytest-xdist: each worker starts its own Azurite and simulators)
 test: $(VENV)/.installed node_modules/.installed
-	$(PY) -m pytest
+	$(PY) -m pytest -n auto
 
+## test-fast: the layers without servers (unit and in-process), in seconds
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest tests/unit
+	$(PY) -m pytest tests/unit tests/inprocess
 
 ## test-pythons: the unit tests on every Python version infra/main.bicep allows (pythonVersion), each in its own .venv-py3.X; a version with no interpreter on this machine is skipped with a message
 # Keep equal to the @allowed list of pythonVersion in infra/main.bicep (tests/infra checks it).
@@ -46,8 +48,12 @@ test-pythons:
 test-reliability: $(VENV)/.installed node_modules/.installed
 	$(PY) -m pytest tests/reliability
 
+## lint: ruff (with the complexity limit), ruff format, mypy and the import-layer contract
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 check-infra:
 	bash devtools/check_infra.sh

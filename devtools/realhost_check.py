@@ -92,7 +92,7 @@ def copy_app(root: Path, target: Path) -> None:
 
 
 def local_settings(sim: Any, storage: str, private_pem: str) -> dict[str, Any]:
-    """local.settings.json for the app under test (the settings README and infra/ document)."""
+    """local.settings.json for the app under test (the settings docs/settings.md and infra/ document)."""
     apps_url = getattr(sim, "apps_url", None) or sim.url
     return {
         "IsEncrypted": False,
@@ -223,7 +223,7 @@ def post_event(webhook: str, event: dict[str, Any], timeout: float) -> tuple[int
 
 
 def wait_for_archive(storage: str, sim: Any, inst: Any, timeout: float, host: FuncHost) -> dict[str, Any]:
-    """The manifest, once it exists, is marked confirmed and Altinn recorded /complete."""
+    """The manifest, once the confirmed.json marker exists beside it and Altinn recorded /complete."""
     from azure.core.exceptions import ResourceNotFoundError
     from azure.storage.blob import ContainerClient
 
@@ -234,9 +234,9 @@ def wait_for_archive(storage: str, sim: Any, inst: Any, timeout: float, host: Fu
         if not host.alive():
             raise CheckFailed("func exited while the instance was being archived")
         try:
-            props = blob.get_blob_properties()
+            marker = container.get_blob_client(f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/confirmed.json")
             confirmed_in_altinn = any(c[0] == inst.id for c in sim.confirmations)
-            if (props.metadata or {}).get("confirmed") and confirmed_in_altinn:
+            if marker.exists() and confirmed_in_altinn:
                 return json.loads(blob.download_blob().readall())
         except ResourceNotFoundError:
             pass

@@ -208,6 +208,14 @@ param catchupTimeBudgetSeconds int = 600
 @maxValue(720)
 param catchupRefusedQuietHours int = 24
 
+@description('ALTINN_SUBSTATUS_LABEL: the substatus the submitter sees once the instance is archived and confirmed; one text, or org/app=text entries separated by ";". Empty = none.')
+@maxLength(4000)
+param altinnSubstatusLabel string = ''
+
+@description('ALTINN_SUBSTATUS_DESCRIPTION: the substatus description, in the same form. Empty = none.')
+@maxLength(4000)
+param altinnSubstatusDescription string = ''
+
 // ---- Names -------------------------------------------------------------------------------------
 
 var abbrs = loadJsonContent('abbreviations.json')
@@ -325,6 +333,10 @@ var appSettings = {
   CATCHUP_MAX_INSTANCES: string(catchupMaxInstances)
   CATCHUP_TIME_BUDGET_SECONDS: string(catchupTimeBudgetSeconds)
   CATCHUP_REFUSED_QUIET_HOURS: string(catchupRefusedQuietHours)
+  ALTINN_SUBSTATUS_LABEL: altinnSubstatusLabel
+  ALTINN_SUBSTATUS_DESCRIPTION: altinnSubstatusDescription
+  // The hand-off queue this template creates (altinn-archived), read by the case systems.
+  ARCHIVE_HANDOFF_QUEUE: storage.outputs.handoffQueueName
 }
 
 module api 'app/api.bicep' = {

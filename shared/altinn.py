@@ -26,7 +26,6 @@ in process, then transient.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import time
@@ -37,6 +36,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 from shared import http
 from shared.config import Settings
+from shared.download import Download
 from shared.errors import PermanentError, TransientError, UntrustedHostError
 from shared.http import Deadline, safe_text
 from shared.maskinporten import MaskinportenClient, TokenCache, retry_after_seconds
@@ -84,64 +84,8 @@ def _jwt_expiry(token: str) -> float:
     return float(exp)
 
 
-class Download:
-    """One data element's body, read block by block: counted, hashed, never more than ``size`` + 1
-    bytes (one more shows that it is too long), within its deadline. ``close()`` always."""
-
-    def __init__(self, resp: Any, element: DataElement, deadline: Deadline, what: str) -> None:
-        self.resp = resp
-        self.element = element
-        self.deadline = deadline
-        self.what = what
-        self.sha = hashlib.sha256()
-        self.count = 0
-        self._raw = resp.raw
-
-    @property
-    def content_type(self) -> str | None:
-        return self.resp.headers.get("Content-Type")
-
-    def read_block(self, size: int) -> bytes:
-        """Up to ``size`` bytes; fewer only at the end of the body. TransientError as soon as the
-        body runs past the element's size, or is interrupted, or the deadline passes."""
-        import requests
-        import urllib3
-
-        room = self.element.size + 1 - self.count
-        size = min(size, room)
-        if size <= 0:
-            return b""
-        try:
-            data = self._raw.read(size, decode_content=False)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            if self.deadline.expired:
-                raise self.deadline.error() from None
-            raise TransientError(f"{self.what}: download interrupted ({type(exc).__name__})") from None
-        if self.deadline.expired:
-            raise self.deadline.error()
-        self.sha.update(data)
-        self.count += len(data)
-        if self.count > self.element.size:
-            raise TransientError(f"{self.what}: the body is longer than the {self.element.size} bytes the instance says; cut off")
-        return data
-
-    def finish(self) -> str:
-        """The sha256 (hex) once the whole body was read and its length is the element's size."""
-        if self.count != self.element.size:
-            raise TransientError(f"{self.what}: got {self.count} bytes, the instance says {self.element.size}")
-        return self.sha.hexdigest()
-
-    def close(self) -> None:
-        try:
-            self.resp.close()
-        finally:
-            self.deadline.stop()
-
-
 class AltinnClient:
-    def __init__(
-        self, settings: Settings, session: requests.Session, maskinporten: MaskinportenClient, *, clock: Callable[[], float] = time.time
-    ) -> None:
+    def __init__(self, settings: Settings, session: requests.Session, maskinporten: MaskinportenClient, *, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.session = session
         self.maskinporten = maskinporten
@@ -253,22 +197,11 @@ class AltinnClient:
                 self.cache.invalidate(token)
                 attempt -= 1
                 continue
-            if status == 404 and weak_404:
-                raise NotFound(f"{what}: Altinn answered 404 (not found, or an error inside Altinn storage)", status=status)
-            if status == 404:
-                raise PermanentError(f"{what}: not found in Altinn (HTTP 404)", status=status)
-            if status == 410:
-                raise PermanentError(f"{what}: gone from Altinn (HTTP 410)", status=status)
-            if status == 403:
-                raise PermanentError(f"{what}: access denied by Altinn (HTTP 403)", status=status)
-            if status in RETRY_STATUSES or status == 401:
-                if attempt < attempts and (wait is None or wait <= MAX_RETRY_AFTER) and deadline.remaining() > (wait or 0) + 1.0:
-                    self.retry_sleep(wait if wait is not None else 0.25 * 2**attempt)
-                    continue
-                raise TransientError(f"{what}: Altinn answered HTTP {status}", status=status, retry_after=wait)
-            if 300 <= status < 400:
-                raise PermanentError(f"{what}: Altinn answered a redirect (HTTP {status}); redirects are not followed", status=status)
-            raise PermanentError(f"{what}: Altinn answered HTTP {status}", status=status)
+            retryable = status in RETRY_STATUSES or status == 401
+            if retryable and attempt < attempts and (wait is None or wait <= MAX_RETRY_AFTER) and deadline.remaining() > (wait or 0) + 1.0:
+                self.retry_sleep(wait if wait is not None else 0.25 * 2**attempt)
+                continue
+            raise _failure(status, what, wait, weak_404=weak_404)
 
     def _call_json(
         self, method: str, url: str, what: str, cap: int, *, until: float | None = None, json_body: Any = None, permanent: bool = False, weak_404: bool = False
@@ -323,6 +256,16 @@ class AltinnClient:
         deadline = Deadline(http.CALL_DEADLINE, what, until=until)
         with deadline.running():
             http.drain(self._send("POST", f"{self.instance_url(ref)}/complete", what, deadline))
+
+    def set_substatus(self, ref: InstanceRef, label: str, description: str | None, *, until: float | None = None) -> None:
+        """The substatus the submitter sees on the instance (altinn-storage InstancesController.UpdateSubstatus:
+        ``[HttpPut("{instanceOwnerPartyId:int}/{instanceGuid:guid}/substatus")]``, ``[FromBody] Substatus``
+        with a required label, only the instance's org; 200 with the instance, whose body is not used)."""
+        what = "set substatus"
+        deadline = Deadline(http.CALL_DEADLINE, what, until=until)
+        with deadline.running():
+            body = {"label": label, "description": description}
+            http.drain(self._send("PUT", f"{self.instance_url(ref)}/substatus", what, deadline, json_body=body))
 
     # -- instance query (catch-up) ----------------------------------------------------------------
 
@@ -389,6 +332,23 @@ class AltinnClient:
         deadline = Deadline(http.CALL_DEADLINE, what)
         with deadline.running():
             http.drain(self._send("DELETE", self.subscriptions_url(subscription_id), what, deadline))
+
+
+def _failure(status: int, what: str, wait: float | None, *, weak_404: bool) -> Exception:
+    """The error for a non-2xx answer that is not retried (any more) in process."""
+    if status == 404 and weak_404:
+        return NotFound(f"{what}: Altinn answered 404 (not found, or an error inside Altinn storage)", status=status)
+    if status == 404:
+        return PermanentError(f"{what}: not found in Altinn (HTTP 404)", status=status)
+    if status == 410:
+        return PermanentError(f"{what}: gone from Altinn (HTTP 410)", status=status)
+    if status == 403:
+        return PermanentError(f"{what}: access denied by Altinn (HTTP 403)", status=status)
+    if status in RETRY_STATUSES or status == 401:
+        return TransientError(f"{what}: Altinn answered HTTP {status}", status=status, retry_after=wait)
+    if 300 <= status < 400:
+        return PermanentError(f"{what}: Altinn answered a redirect (HTTP {status}); redirects are not followed", status=status)
+    return PermanentError(f"{what}: Altinn answered HTTP {status}", status=status)
 
 
 @dataclass(frozen=True)

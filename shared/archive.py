@@ -11,11 +11,20 @@ Layout per instance, under ``{org}/{app}/{partyId}/{instanceGuid}/``:
   deleted), this attempt's view goes to ``instance-{time}.json`` and the manifest names it
   (``instanceBlob``, ``instanceSha256``), so the manifest and its instance document always agree;
 * ``manifest.json`` - written last, only if it does not exist yet (``If-None-Match: *``): its
-  presence means the archive is complete. After ``/complete`` succeeded it gets the metadata
-  ``confirmed``;
+  presence means the archive is complete;
+* ``confirmed.json`` - the marker that Altinn accepted ``/complete`` (metadata ``confirmedAt``);
+  of two workers exactly one creates it, and that one hands the archive off;
+* ``handoff.json`` - the record that the hand-off message for this archive was sent (its text);
+* ``substatus.json`` - the record that the submitter's substatus was set (label, description);
 * ``confirmation-refused/{time}.json`` - written once per refusal when the archive is whole but
   Altinn refused ``/complete`` (403: the app's policy does not grant it to the org), with the
   reason: catch-up leaves the instance alone for ``CATCHUP_REFUSED_QUIET_HOURS`` after it.
+
+Every blob is written once (``If-None-Match: *`` on every Put Blob and Put Block List): nothing
+here changes or replaces a blob that exists, and nothing deletes one, so the archive container can
+carry a version-level immutability policy (infra/ ``archiveImmutabilityDays``). A data element
+found stored is used only when its size and recorded sha256 match; one that exists with other
+bytes is refused (permanent), never overwritten.
 
 Large elements are uploaded as blocks that are committed only after the byte count and sha256
 are known and checked, so a partial or corrupt download never becomes a visible blob, whatever
@@ -32,22 +41,41 @@ from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
-from shared.errors import TransientError
-from shared.models import DataElement, Instance, InstanceRef, ScanResult, iso, parse_time
+from shared.errors import PermanentError, TransientError
+from shared.models import DataElement, Instance, InstanceRef, ScanResult, iso, parse_time, to_json_dict
 
 if TYPE_CHECKING:
     from azure.storage.blob import ContainerClient
 
-    from shared.altinn import Download
+
+class Download(Protocol):
+    """A data element's body as the Altinn client hands it over (shared.altinn.Download): read
+    block by block, never past the element's size, sha256 only once it is whole."""
+
+    count: int
+
+    @property
+    def content_type(self) -> str | None: ...
+
+    def read_block(self, size: int) -> bytes: ...
+
+    def finish(self) -> str: ...
+
+    def close(self) -> None: ...
+
 
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 INSTANCE = "instance.json"
 REFUSED = "confirmation-refused/"
+CONFIRMED = "confirmed.json"
+HANDOFF = "handoff.json"
+SUBSTATUS = "substatus.json"
+MAX_MANIFEST_BYTES = 64 * 1024 * 1024  # ours: 31,000 elements make about 17 MB
 MANIFEST_VERSION = 1
 
 
@@ -86,17 +114,7 @@ class ElementResult:
         return self.file_scan_result == ScanResult.INFECTED.value
 
     def manifest_entry(self) -> dict[str, Any]:
-        return {
-            "dataElementId": self.data_element_id,
-            "dataType": self.data_type,
-            "contentType": self.content_type,
-            "filename": self.filename,
-            "size": self.size,
-            "sha256": self.sha256,
-            "blob": self.blob,
-            "fileScanResult": self.file_scan_result,
-            "infected": self.infected,
-        }
+        return to_json_dict(self, exclude=("reused",), infected=self.infected)
 
 
 def build_manifest(
@@ -138,7 +156,9 @@ class ArchiveState:
     """What is already stored for an instance (one listing call)."""
 
     manifest: bool = False
-    confirmed: str | None = None
+    confirmed: str | None = None  # when the confirmed.json marker says Altinn accepted /complete
+    handed_off: bool = False
+    substatus_set: bool = False
     data: dict[str, dict[str, Any]] = field(default_factory=dict)  # element id -> size, metadata, content settings
     refusals: list[str] = field(default_factory=list)  # times (ISO) Altinn refused /complete, oldest first
     instance_sha256: str | None = None  # of the stored instance.json, when there is one
@@ -170,10 +190,15 @@ class Archive:
         state = ArchiveState()
         try:
             for blob in self.container.list_blobs(name_starts_with=ref.prefix, include=["metadata"]):
-                rest = blob.name[len(ref.prefix):]
+                rest = blob.name[len(ref.prefix) :]
                 if rest == MANIFEST:
                     state.manifest = True
-                    state.confirmed = (blob.metadata or {}).get("confirmed")
+                elif rest == CONFIRMED:
+                    state.confirmed = (blob.metadata or {}).get("confirmedAt") or "unknown"
+                elif rest == HANDOFF:
+                    state.handed_off = True
+                elif rest == SUBSTATUS:
+                    state.substatus_set = True
                 elif rest == INSTANCE:
                     state.instance_sha256 = (blob.metadata or {}).get("sha256") or "unknown"
                 elif rest.startswith(REFUSED) and rest.endswith(".json"):
@@ -206,8 +231,8 @@ class Archive:
             raise _storage_error("create container", exc) from None
         self._container_ready = True
 
-    def write_json(self, name: str, document: Any, *, only_if_new: bool = False, metadata: dict[str, str] | None = None) -> bool:
-        """Upload a JSON document. With ``only_if_new``, False when the blob already existed."""
+    def write_json(self, name: str, document: Any, *, metadata: dict[str, str] | None = None) -> bool:
+        """Upload a JSON document write-once: False when the blob already existed (untouched)."""
         from azure.core.exceptions import AzureError, ResourceExistsError
         from azure.storage.blob import ContentSettings
 
@@ -216,17 +241,27 @@ class Archive:
             # overwrite=False sends If-None-Match: *, so of two writers exactly one creates the blob.
             self.container.get_blob_client(name).upload_blob(
                 body,
-                overwrite=not only_if_new,
+                overwrite=False,
                 content_settings=ContentSettings(content_type="application/json; charset=utf-8"),
                 metadata=metadata,
             )
         except ResourceExistsError:
-            if only_if_new:
-                return False
-            raise
+            return False
         except AzureError as exc:
             raise _storage_error(f"write {name.rsplit('/', 1)[-1]}", exc) from None
         return True
+
+    def read_manifest(self, ref: InstanceRef) -> bytes:
+        """The stored manifest's bytes (for the hand-off: its sha256 and counts)."""
+        from azure.core.exceptions import AzureError
+
+        try:
+            downloader = self.container.get_blob_client(ref.prefix + MANIFEST).download_blob()
+            if downloader.size > MAX_MANIFEST_BYTES:
+                raise TransientError(f"read manifest: {downloader.size} bytes, more than a manifest can be")
+            return downloader.readall()
+        except AzureError as exc:
+            raise _storage_error("read manifest", exc) from None
 
     def write_instance(self, ref: InstanceRef, document: dict[str, Any], state: ArchiveState) -> tuple[str, str]:
         """Store the instance document write-once; ``(blob name, sha256)`` for the manifest. See the
@@ -267,14 +302,15 @@ class Archive:
         except AzureError as exc:
             raise _storage_error("read instance document", exc) from None
 
-    def mark_confirmed(self, ref: InstanceRef, when: datetime | None = None) -> None:
-        from azure.core.exceptions import AzureError
+    def mark_confirmed(self, ref: InstanceRef, when: datetime | None = None) -> bool:
+        """Write the ``confirmed.json`` marker once; True for the one caller that created it."""
+        stamp = iso(when or datetime.now(UTC))
+        doc = {"instanceId": ref.instance_id, "confirmedAt": stamp}
+        return self.write_json(ref.prefix + CONFIRMED, doc, metadata={"confirmedAt": stamp})
 
-        when = when or datetime.now(UTC)
-        try:
-            self.container.get_blob_client(ref.prefix + MANIFEST).set_blob_metadata({"confirmed": when.isoformat().replace("+00:00", "Z")})
-        except AzureError as exc:
-            raise _storage_error("mark manifest confirmed", exc) from None
+    def write_record(self, ref: InstanceRef, name: str, document: dict[str, Any]) -> bool:
+        """A write-once record beside the manifest (``handoff.json``, ``substatus.json``)."""
+        return self.write_json(ref.prefix + name, document)
 
     def write_refusal(self, ref: InstanceRef, reason: str, status: int | None, when: datetime | None = None) -> bool:
         """Record, write-once, that Altinn refused ``/complete`` for a whole archive (False if that
@@ -283,14 +319,14 @@ class Archive:
         stamp = iso(when)
         name = f"{ref.prefix}{REFUSED}{when.astimezone(UTC).strftime('%Y%m%dT%H%M%S%fZ')}.json"
         doc = {"instanceId": ref.instance_id, "org": ref.org, "app": ref.app, "refusedAt": stamp, "status": status, "reason": reason}
-        return self.write_json(name, doc, only_if_new=True, metadata={"refusedAt": stamp})
+        return self.write_json(name, doc, metadata={"refusedAt": stamp})
 
     def write_element(self, ref: InstanceRef, element: DataElement, download: Download) -> ElementResult:
         """Stream one data element from an open download into its blob, verified before commit.
 
         The download never yields more than ``size`` + 1 bytes and says the sha256 only when exactly
         ``size`` bytes came (``Download.finish``), so nothing shorter, longer or cut off is committed."""
-        from azure.core.exceptions import AzureError
+        from azure.core.exceptions import AzureError, ResourceExistsError, ResourceModifiedError
         from azure.storage.blob import ContentSettings
 
         name = data_blob_name(ref, element.id)
@@ -308,14 +344,19 @@ class Archive:
         # An element smaller than single_put_max (what the block path holds anyway) is read into one
         # buffer and sent in one Put Blob: one request instead of blocks + commit, and the service
         # computes the blob's MD5 itself. Anything else streams block by block.
+        # Write-once: If-None-Match: * on the Put Blob and on the Put Block List. Should another
+        # worker have committed the element meanwhile, its blob is kept when it holds these bytes.
         try:
             if element.size < self.single_put_max:
                 data = download.read_block(element.size)  # one buffer of the element's size
                 download.read_block(1)  # raises if the body runs past the size
                 sha = download.finish()
-                blob.upload_blob(data, overwrite=True, content_settings=settings, metadata=metadata(sha), length=len(data))
+                try:
+                    blob.upload_blob(data, overwrite=False, content_settings=settings, metadata=metadata(sha), length=len(data))
+                except (ResourceExistsError, ResourceModifiedError):
+                    self._check_existing(blob, element, sha)
             else:
-                sha = self._upload_blocks(blob, download, settings, metadata)
+                sha = self._upload_blocks(blob, download, settings, metadata, element)
         except AzureError as exc:
             raise _storage_error(f"write data element {element.id}", exc) from None
         finally:
@@ -331,7 +372,18 @@ class Archive:
             file_scan_result=element.file_scan_result.value,
         )
 
-    def _upload_blocks(self, blob: Any, reader: Download, settings: Any, metadata: Callable[[str], dict[str, str]]) -> str:
+    @staticmethod
+    def _check_existing(blob: Any, element: DataElement, sha: str) -> None:
+        """The element's blob exists already: keep it if it holds exactly these bytes, else refuse."""
+        props = blob.get_blob_properties()
+        stored = (props.metadata or {}).get("sha256")
+        if props.size != element.size or stored != sha:
+            raise PermanentError(
+                f"data element {element.id} is stored already with other content ({props.size} bytes, sha256 {stored}; "
+                f"Altinn sends {element.size} bytes, sha256 {sha}); the archive is write-once, so it is not overwritten"
+            )
+
+    def _upload_blocks(self, blob: Any, reader: Download, settings: Any, metadata: Callable[[str], dict[str, str]], element: DataElement) -> str:
         """Stage the body block by block, ``upload_concurrency`` at a time; commit once verified."""
         attempt = uuid.uuid4().hex[:12]  # block ids unique per attempt: two writers never mix blocks
         ids: list[str] = []
@@ -350,5 +402,11 @@ class Archive:
                 future.cancel()
             raise
         sha = reader.finish()  # nothing is committed unless the bytes are all there
-        blob.commit_block_list(ids, content_settings=settings, metadata=metadata(sha))
+        from azure.core import MatchConditions
+        from azure.core.exceptions import ResourceExistsError, ResourceModifiedError
+
+        try:
+            blob.commit_block_list(ids, content_settings=settings, metadata=metadata(sha), match_condition=MatchConditions.IfMissing)
+        except (ResourceExistsError, ResourceModifiedError):
+            self._check_existing(blob, element, sha)
         return sha

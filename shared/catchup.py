@@ -38,7 +38,7 @@ from typing import Any
 from shared import events, telemetry
 from shared.errors import MottakError, TransientError
 from shared.models import InstanceRef, utc_now
-from shared.runtime import Runtime
+from shared.runtime import Runtime, enqueue
 
 log = logging.getLogger("altinn_mottak.catchup")
 
@@ -161,7 +161,7 @@ def _candidate(org: str, app: str, doc: dict[str, Any]) -> InstanceRef | None:
         return None
     if doc.get("appId") not in (None, ref.app_id) or doc.get("org") not in (None, org):
         return None
-    process = doc.get("process") if isinstance(doc.get("process"), dict) else {}
+    process: dict[str, Any] = doc["process"] if isinstance(doc.get("process"), dict) else {}
     if not process.get("ended"):
         return None  # the query says otherwise; trust the instance, not the filter
     confirmations = doc.get("completeConfirmations") or []
@@ -189,46 +189,146 @@ def run_catchup(
     for org, app in selected:
         if (org, app) not in settings.apps:
             raise ValueError(f"{org}/{app} is not in ALTINN_APPS")
-    started = clock()
-    deadline = started + (settings.catchup_time_budget if time_budget is None else time_budget)
-    limit = settings.catchup_max_instances if max_instances is None else max_instances
-    report = CatchupReport(apps=[AppReport(org, app) for org, app in selected], dry_run=dry_run, limit=limit)
-    seen: set[str] = set()
+    run = _Run(
+        rt,
+        CatchupReport(apps=[AppReport(org, app) for org, app in selected], dry_run=dry_run),
+        page_size=page_size,
+        progress=progress,
+        clock=clock,
+        now=now,
+    )
+    return run.execute(
+        settings.catchup_max_instances if max_instances is None else max_instances, settings.catchup_time_budget if time_budget is None else time_budget
+    )
 
-    def finish() -> CatchupReport:
-        report.duration = clock() - started
+
+class _Run:
+    """The steps of one run: the backlog check, then pages round-robin until done or bounded."""
+
+    def __init__(
+        self,
+        rt: Runtime,
+        report: CatchupReport,
+        *,
+        page_size: int,
+        progress: Callable[[CatchupReport], None] | None,
+        clock: Callable[[], float],
+        now: Callable[[], datetime],
+    ) -> None:
+        self.rt = rt
+        self.report = report
+        self.page_size = page_size
+        self.progress = progress
+        self.clock = clock
+        self.now = now
+        self.quiet = timedelta(hours=rt.settings.catchup_refused_quiet_hours)
+        self.seen: set[str] = set()
+        self.started = clock()
+        self.deadline = self.started
+        self.allowance = 0
+
+    def execute(self, limit: int, time_budget: float) -> CatchupReport:
+        report = self.report
+        report.limit = limit
+        self.deadline = self.started + time_budget
+        if self._allowance(limit):
+            with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="catchup") as pool:
+                self._pages(pool)
+            if not report.dry_run:
+                for entry in report.apps:
+                    telemetry.record_catchup(entry.enqueued, org=entry.org, app=entry.app)
+        report.duration = self.clock() - self.started
         _log_summary(report)
         return report
 
-    try:
-        report.backlog = _queue_backlog(rt)
-    except TransientError as exc:
-        report.error, report.stopped = exc.reason, "error"
-        return finish()
-    allowance = limit if dry_run else limit - report.backlog
-    if allowance <= 0:
-        report.stopped = "queue-backlog"
-        log.warning(
-            "catch-up skipped: %d messages already wait on the queue (CATCHUP_MAX_INSTANCES is %d); the next run continues",
-            report.backlog,
-            limit,
-        )
-        return finish()
+    def _allowance(self, limit: int) -> bool:
+        """How many this run may enqueue: the limit less the backlog already waiting (False: none)."""
+        report = self.report
+        try:
+            report.backlog = _queue_backlog(self.rt)
+        except TransientError as exc:
+            report.error, report.stopped = exc.reason, "error"
+            return False
+        self.allowance = limit if report.dry_run else limit - report.backlog
+        if self.allowance <= 0:
+            report.stopped = "queue-backlog"
+            log.warning(
+                "catch-up skipped: %d messages already wait on the queue (CATCHUP_MAX_INSTANCES is %d); the next run continues",
+                report.backlog,
+                limit,
+            )
+            return False
+        return True
 
-    quiet = timedelta(hours=settings.catchup_refused_quiet_hours)
+    def _pages(self, pool: ThreadPoolExecutor) -> None:
+        """Apps page by page in turn, so that one app's backlog does not starve the others."""
+        report = self.report
+        active = list(report.apps)
+        while active and report.stopped is None:
+            for entry in list(active):
+                if self.clock() >= self.deadline:
+                    report.stopped = "time-budget"
+                    break
+                room = self.allowance - report.enqueued
+                if room <= 0:
+                    report.stopped = "max-instances"
+                    break
+                if not self._one_page(pool, entry, room):
+                    active.remove(entry)
+                if self.progress is not None:
+                    self.progress(report)
+                if report.stopped is not None:
+                    break
 
-    def handle(ref: InstanceRef) -> str:
-        state = rt.archive.state(ref)
+    def _one_page(self, pool: ThreadPoolExecutor, entry: AppReport, room: int) -> bool:
+        """Query, take and enqueue one page of ``entry``'s app; False when that app is done."""
+        try:
+            page = self.rt.altinn.query_instances(entry.org, entry.app, size=self.page_size, continuation_token=entry.continuation_token)
+        except MottakError as exc:
+            entry.error = str(exc)
+            log.error("catch-up: querying Altinn failed: %s", exc, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
+            return False
+        entry.pages += 1
+        batch = self._candidates(entry, page.instances)
+        if len(batch) > room:  # the allowance runs out on this page; the next run takes the rest
+            batch = batch[:room]
+            self.report.stopped = "max-instances"
+        try:
+            kinds = list(pool.map(self._handle, batch))
+        except Exception as exc:  # storage unavailable: stop, keep the counts
+            self.report.error = f"catch-up stopped: {_describe(exc)}"
+            self.report.stopped = "error"
+            log.error("%s", self.report.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
+            return False
+        self._count(entry, batch, kinds)
+        return self._advance(entry, page)
+
+    def _candidates(self, entry: AppReport, docs: list[dict[str, Any]]) -> list[InstanceRef]:
+        batch: list[InstanceRef] = []
+        for doc in docs:
+            entry.found += 1
+            ref = _candidate(entry.org, entry.app, doc)
+            if ref is None:
+                entry.skipped[INVALID] += 1
+            elif ref.key in self.seen:
+                entry.skipped[DUPLICATE] += 1
+            else:
+                self.seen.add(ref.key)
+                batch.append(ref)
+        return batch
+
+    def _handle(self, ref: InstanceRef) -> str:
+        """What is stored decides: skip, or enqueue (a dry run only says so)."""
+        state = self.rt.archive.state(ref)
         if state.manifest and state.confirmed:
             return CONFIRMED
         refused = state.last_refusal
-        if state.manifest and refused is not None and now() - refused < quiet:
+        if state.manifest and refused is not None and self.now() - refused < self.quiet:
             return REFUSED
         kind = AWAITING if state.manifest else NEW
+        dry_run = self.report.dry_run
         if not dry_run:
-            from shared.pipeline import enqueue
-
-            enqueue(rt.events_queue, events.queue_message(None, ref, via=VIA))
+            enqueue(self.rt.events_queue, events.queue_message(None, ref, via=VIA))
         log.info(
             "catch-up: %s (%s)",
             "would enqueue" if dry_run else "enqueued",
@@ -237,80 +337,35 @@ def run_catchup(
         )
         return kind
 
-    active = list(report.apps)
-    with ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="catchup") as pool:
-        while active and report.stopped is None:
-            for entry in list(active):
-                if clock() >= deadline:
-                    report.stopped = "time-budget"
-                    break
-                room = allowance - report.enqueued
-                if room <= 0:
-                    report.stopped = "max-instances"
-                    break
-                try:
-                    page = rt.altinn.query_instances(entry.org, entry.app, size=page_size, continuation_token=entry.continuation_token)
-                except MottakError as exc:
-                    entry.error = str(exc)
-                    active.remove(entry)
-                    log.error("catch-up: querying Altinn failed: %s", exc, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
-                    continue
-                entry.pages += 1
-                batch: list[InstanceRef] = []
-                for doc in page.instances:
-                    entry.found += 1
-                    ref = _candidate(entry.org, entry.app, doc)
-                    if ref is None:
-                        entry.skipped[INVALID] += 1
-                        continue
-                    key = f"{ref.org}/{ref.app}/{ref.instance_id}"
-                    if key in seen:
-                        entry.skipped[DUPLICATE] += 1
-                        continue
-                    seen.add(key)
-                    batch.append(ref)
-                if len(batch) > room:  # the allowance runs out on this page; the next run takes the rest
-                    batch = batch[:room]
-                    report.stopped = "max-instances"
-                try:
-                    kinds = list(pool.map(handle, batch))
-                except Exception as exc:  # storage unavailable: stop, keep the counts
-                    report.error = f"catch-up stopped: {_describe(exc)}"
-                    report.stopped = "error"
-                    log.error("%s", report.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
-                    break
-                for ref, kind in zip(batch, kinds, strict=True):
-                    if kind in (CONFIRMED, REFUSED):
-                        entry.skipped[kind] += 1
-                    else:
-                        entry.enqueued += 1
-                        entry.awaiting_confirmation += 1 if kind == AWAITING else 0
-                        if len(report.instances) < MAX_LISTED:
-                            report.instances.append({"app": ref.app_id, "instance": ref.instance_id, "state": kind})
-                        else:
-                            report.instances_truncated = True
-                next_token = page.continuation_token
-                signature = tuple(str(doc.get("id")) for doc in page.instances)
-                if next_token is None:
-                    entry.complete = True
-                    active.remove(entry)
-                elif next_token in entry.seen_tokens or next_token == entry.continuation_token or (signature and signature in entry.seen_pages):
-                    entry.error = "the query's continuation came back to a page it had already given (a cycle); stopped this app's run"
-                    log.error("catch-up: %s", entry.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
-                    active.remove(entry)
-                else:
-                    entry.seen_tokens.add(next_token)
-                    if signature:
-                        entry.seen_pages.add(signature)
-                    entry.continuation_token = next_token
-                if progress is not None:
-                    progress(report)
-                if report.stopped is not None:
-                    break
-    for entry in report.apps:
-        if not dry_run:
-            telemetry.record_catchup(entry.enqueued, org=entry.org, app=entry.app)
-    return finish()
+    def _count(self, entry: AppReport, batch: list[InstanceRef], kinds: list[str]) -> None:
+        report = self.report
+        for ref, kind in zip(batch, kinds, strict=True):
+            if kind in (CONFIRMED, REFUSED):
+                entry.skipped[kind] += 1
+                continue
+            entry.enqueued += 1
+            entry.awaiting_confirmation += 1 if kind == AWAITING else 0
+            if len(report.instances) < MAX_LISTED:
+                report.instances.append({"app": ref.app_id, "instance": ref.instance_id, "state": kind})
+            else:
+                report.instances_truncated = True
+
+    def _advance(self, entry: AppReport, page: Any) -> bool:
+        """Follow the continuation token; a token or page seen before in this run is a cycle."""
+        token = page.continuation_token
+        signature = tuple(str(doc.get("id")) for doc in page.instances)
+        if token is None:
+            entry.complete = True
+            return False
+        if token in entry.seen_tokens or token == entry.continuation_token or (signature and signature in entry.seen_pages):
+            entry.error = "the query's continuation came back to a page it had already given (a cycle); stopped this app's run"
+            log.error("catch-up: %s", entry.error, extra={"org": entry.org, "app": entry.app, "outcome": "error"})
+            return False
+        entry.seen_tokens.add(token)
+        if signature:
+            entry.seen_pages.add(signature)
+        entry.continuation_token = token
+        return True
 
 
 def _describe(exc: Exception) -> str:

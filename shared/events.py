@@ -160,13 +160,12 @@ def parse_source(settings: Settings, source: str) -> InstanceRef:
         prefix = f"{settings.apps_base(org)}/{org}/{app}/instances/"
         if not source.startswith(prefix):
             continue
-        party, sep, guid = source[len(prefix):].partition("/")
+        party, sep, guid = source[len(prefix) :].partition("/")
         if sep and _PARTY.fullmatch(party) and _GUID.fullmatch(guid):
             return InstanceRef(org, app, party, guid)
         raise InvalidEvent(
             "invalid_source",
-            "the source must end in /instances/{partyId}/{instanceGuid}: partyId digits, "
-            "instanceGuid a lowercase GUID, nothing after it",
+            "the source must end in /instances/{partyId}/{instanceGuid}: partyId digits, instanceGuid a lowercase GUID, nothing after it",
         )
     raise InvalidEvent(
         "invalid_source",

@@ -106,7 +106,8 @@ def load_signing_key(settings: Settings) -> SigningKey:
             raise
         except Exception:
             raise ConfigError(MASKINPORTEN_CERTIFICATE, "is not a PEM certificate chain") from None
-        if certs[0].public_key().public_numbers() != key.public_key().public_numbers():
+        leaf_key = certs[0].public_key()
+        if not isinstance(leaf_key, rsa.RSAPublicKey) or leaf_key.public_numbers() != key.public_key().public_numbers():
             raise ConfigError(MASKINPORTEN_CERTIFICATE, "the first certificate does not belong to the private key")
         chain = tuple(base64.b64encode(c.public_bytes(Encoding.DER)).decode("ascii") for c in certs)
     return SigningKey(key=key, kid=kid, x5c=chain)

@@ -12,8 +12,11 @@ Order for one instance (each step only after the one before succeeded):
    stored with a matching size and sha256;
 5. write the instance document (``instance.json``: this attempt's view, so that it and the
    manifest agree), then ``manifest.json`` (only if absent);
-6. POST ``/complete``; then mark the manifest ``confirmed``. A 403 there means the archive is whole
-   but the app's policy refuses the confirmation: recorded next to the archive, parked once.
+6. POST ``/complete``; then write the ``confirmed.json`` marker (write-once). A 403 there means the
+   archive is whole but the app's policy refuses the confirmation: recorded next to the archive,
+   parked once;
+7. close the loop (:mod:`shared.closing`): the hand-off message to case systems, then the
+   submitter's substatus; a failure there is retried on the schedule and never undoes the archive.
 
 Hard-deleted instances are archived and confirmed like any other (storage keeps them for the
 service owner until it has confirmed them); the manifest says ``hardDeleted``.
@@ -37,14 +40,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
+from shared import closing as closing_steps
 from shared import events, retries, telemetry
 from shared.altinn import NotFound
-from shared.archive import MANIFEST, ElementResult, build_manifest, data_blob_name
+from shared.archive import MANIFEST, ArchiveState, ElementResult, build_manifest, data_blob_name
+from shared.closing import Closing
 from shared.config import INVOCATION_BUDGET_SECONDS
 from shared.errors import ConfigError, ConfirmationRefused, InvalidEvent, PermanentError, TransientError
 from shared.http import safe_text
 from shared.models import DataElement, FailureClass, Instance, InstanceRef, Outcome, QueueMessage, iso, parse_message, utc_now
-from shared.runtime import Runtime, get_runtime
+from shared.runtime import Runtime, enqueue, get_runtime
 
 log = logging.getLogger("altinn_mottak")
 
@@ -93,8 +98,9 @@ def _reuse(ref: InstanceRef, element: DataElement, stored: dict[str, Any] | None
     )
 
 
-def _confirm(rt: Runtime, ref: InstanceRef, until: float | None) -> None:
-    """``/complete``, then the mark on the manifest. A 403 is recorded next to the archive."""
+def _confirm(rt: Runtime, ref: InstanceRef, until: float | None) -> bool:
+    """``/complete``, then the write-once ``confirmed.json`` marker: True when this call created it
+    (and so hands the archive off). A 403 is recorded next to the archive."""
     try:
         rt.altinn.complete(ref, until=until)
     except PermanentError as exc:
@@ -106,7 +112,13 @@ def _confirm(rt: Runtime, ref: InstanceRef, until: float | None) -> None:
         )
         rt.archive.write_refusal(ref, reason, 403)
         raise ConfirmationRefused(reason, status=403) from None
-    rt.archive.mark_confirmed(ref)
+    return rt.archive.mark_confirmed(ref)
+
+
+def _close_loop(rt: Runtime, closing: Closing, state: ArchiveState, instance: Instance | None, until: float | None) -> None:
+    """After the confirmation: hand off, then the substatus (shared/closing.py). Never undoes it."""
+    closing_steps.hand_off(rt, closing, state)
+    closing_steps.set_substatus(rt, closing.ref, instance, state, until=until)
 
 
 def _download_all(rt: Runtime, ref: InstanceRef, instance: Instance, stored: dict[str, dict[str, Any]], until: float | None) -> list[ElementResult]:
@@ -114,6 +126,12 @@ def _download_all(rt: Runtime, ref: InstanceRef, instance: Instance, stored: dic
         reused = _reuse(ref, element, stored.get(element.id))
         if reused is not None:
             return reused
+        if element.id in stored:
+            found = stored[element.id]
+            raise PermanentError(
+                f"data element {element.id} is stored already with other content ({found['size']} bytes, sha256 "
+                f"{found['metadata'].get('sha256')}; Altinn says {element.size} bytes); the archive is write-once, so it is not overwritten"
+            )
         return rt.archive.write_element(ref, element, rt.altinn.open_data(ref, element, until=until))
 
     workers = min(rt.settings.parallel_downloads, max(1, len(instance.data)))
@@ -124,24 +142,47 @@ def _download_all(rt: Runtime, ref: InstanceRef, instance: Instance, stored: dic
 
 
 def archive_instance(
-    rt: Runtime, ref: InstanceRef, *, event_id: str | None = None, dequeue_count: int | None = None, until: float | None = None
+    rt: Runtime,
+    ref: InstanceRef,
+    *,
+    event_id: str | None = None,
+    dequeue_count: int | None = None,
+    until: float | None = None,
+    via: str = "unknown",
+    replayed: bool = False,
 ) -> Result:
-    """Archive and confirm one instance. Raises TransientError, PermanentError or ConfigError.
+    """Archive and confirm one instance, then close the loop. Raises TransientError, PermanentError or
+    ConfigError.
 
     ``until`` (monotonic seconds) bounds every call to Altinn: past it the attempt stops (transient)."""
     if (ref.org, ref.app) not in rt.settings.apps:
         raise PermanentError(f"the app {ref.app_id} is not in ALTINN_APPS")
     ctx = _context(ref, event_id, dequeue_count)
-    archive = rt.archive
-    state = archive.state(ref)
+    state = rt.archive.state(ref)
+    closing = Closing(ref, via, replayed, event_id, created_marker=False, confirmed_at=state.confirmed)
     if state.manifest:
         if state.confirmed:
             log.info("already archived and confirmed", extra=ctx | {"outcome": Outcome.ALREADY_ARCHIVED.value})
+            _close_loop(rt, closing, state, None, until)
             return Result(Outcome.ALREADY_ARCHIVED, ref)
-        _confirm(rt, ref, until)
+        created = _confirm(rt, ref, until)
         log.info("archived earlier; confirmed now", extra=ctx | {"outcome": Outcome.CONFIRMED_ONLY.value})
+        _close_loop(rt, replace(closing, created_marker=created), state, None, until)
         return Result(Outcome.CONFIRMED_ONLY, ref)
+    instance, results = _store(rt, ref, state, ctx, event_id, until)
+    created = _confirm(rt, ref, until)
+    total = sum(r.size for r in results)
+    extra = ctx | {"outcome": Outcome.ARCHIVED.value, "elements": len(results), "bytes": total}
+    log.info("archived and confirmed%s", " (hard deleted in Altinn)" if instance.hard_deleted else "", extra=extra)
+    _close_loop(rt, replace(closing, created_marker=created), state, instance, until)
+    return Result(Outcome.ARCHIVED, ref, elements=len(results), bytes=total)
 
+
+def _store(
+    rt: Runtime, ref: InstanceRef, state: ArchiveState, ctx: dict[str, Any], event_id: str | None, until: float | None
+) -> tuple[Instance, list[ElementResult]]:
+    """Steps 2 to 5: the instance, every element, ``instance.json``, then the manifest."""
+    archive = rt.archive
     instance = rt.altinn.get_instance(ref, until=until)
     if instance.pending:
         raise TransientError(f"file scan pending for {len(instance.pending)} data element(s); retrying later")
@@ -154,37 +195,9 @@ def archive_instance(
     # archive with Altinn's later view (which then shows our confirmation).
     instance_blob, instance_sha = archive.write_instance(ref, instance.document, state)
     manifest = build_manifest(ref, results, event_id=event_id, instance=instance, instance_blob=instance_blob, instance_sha256=instance_sha)
-    if not archive.write_json(ref.prefix + MANIFEST, manifest, only_if_new=True):
+    if not archive.write_json(ref.prefix + MANIFEST, manifest):
         log.info("another worker wrote the manifest first", extra=ctx)
-    _confirm(rt, ref, until)
-    total = sum(r.size for r in results)
-    extra = ctx | {"outcome": Outcome.ARCHIVED.value, "elements": len(results), "bytes": total}
-    log.info("archived and confirmed%s", " (hard deleted in Altinn)" if instance.hard_deleted else "", extra=extra)
-    return Result(Outcome.ARCHIVED, ref, elements=len(results), bytes=total)
-
-
-def enqueue(queue: Any, message: dict[str, Any], *, visibility_timeout: int | None = None, time_to_live: int | None = None) -> None:
-    """Put one message (JSON) on a queue, creating the queue if it does not exist yet.
-
-    Raises azure.core.exceptions.AzureError when the write failed: the caller must not
-    acknowledge anything then.
-    """
-    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
-
-    text = json.dumps(message, ensure_ascii=False)
-    options: dict[str, int] = {}
-    if visibility_timeout:
-        options["visibility_timeout"] = visibility_timeout
-    if time_to_live is not None:
-        options["time_to_live"] = time_to_live
-    try:
-        queue.send_message(text, **options)
-    except ResourceNotFoundError:
-        try:
-            queue.create_queue()
-        except ResourceExistsError:
-            pass
-        queue.send_message(text, **options)
+    return instance, results
 
 
 def _encoded_size(doc: dict[str, Any]) -> int:
@@ -236,7 +249,7 @@ def park(
         enqueue(rt.poison_queue, doc, time_to_live=-1)
     except AzureError as exc:
         raise TransientError(f"could not write to the poison queue ({type(exc).__name__})") from None
-    note = "" if kept is None or kept == len(message) else f" (kept {kept} of its {len(message)} characters)"
+    note = "" if kept is None or isinstance(message, QueueMessage) or kept == len(message) else f" (kept {kept} of its {len(message)} characters)"
     log.error(
         "parked in poison: %s%s",
         safe_text(reason, 500),
@@ -293,11 +306,14 @@ def handle_message(
     *,
     dequeue_count: int | None = None,
     clock: Callable[[], datetime] = utc_now,
+    rt: Runtime | None = None,
 ) -> Result:
     """The archive function: one queue message. Returns normally when the message is done with
     (archived, deferred to a later attempt, or parked); raises only when not even that could be
-    written, so that the host retries the message (and, after maxDequeueCount, moves it)."""
-    rt = get_runtime()
+    written, so that the host retries the message (and, after maxDequeueCount, moves it).
+
+    ``rt`` and ``clock`` are for tests (in-memory stand-ins, a simulated clock)."""
+    rt = rt or get_runtime()
     started = time.monotonic()
     until = started + INVOCATION_BUDGET_SECONDS
     try:
@@ -309,7 +325,7 @@ def handle_message(
         return Result(Outcome.PARKED, None, reason=str(exc), failure_class=FailureClass.UNREADABLE)
     ref = message.ref
     try:
-        result = archive_instance(rt, ref, event_id=message.event_id, dequeue_count=dequeue_count, until=until)
+        result = archive_instance(rt, ref, event_id=message.event_id, dequeue_count=dequeue_count, until=until, via=message.via, replayed=message.replayed)
     except ConfirmationRefused as exc:
         telemetry.record_failure(FailureClass.CONFIRMATION_REFUSED.value, org=ref.org, app=ref.app, status=exc.status)
         park(rt, message, FailureClass.CONFIRMATION_REFUSED, exc.reason, status=exc.status, dequeue_count=dequeue_count)

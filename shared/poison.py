@@ -41,6 +41,7 @@ from typing import Any
 from shared.config import EVENTS_QUEUE, POISON_QUEUE
 from shared.errors import TransientError
 from shared.http import safe_text
+from shared.models import to_json_dict
 from shared.runtime import Runtime
 
 log = logging.getLogger("altinn_mottak.poison")
@@ -52,15 +53,7 @@ HOST_REASON = "retries exhausted: moved by the Functions host after maxDequeueCo
 
 def _raw_queue(rt: Runtime, name: str) -> Any:
     """A queue client without message encoding: we see and write the text exactly as stored."""
-    from azure.storage.queue import ExponentialRetry, QueueClient
-
-    from shared.runtime import _credential, _retry
-
-    storage = rt.settings.storage
-    options = {"retry_policy": _retry(3, ExponentialRetry), "connection_timeout": 10, "read_timeout": 30}
-    if storage.connection_string:
-        return QueueClient.from_connection_string(storage.connection_string, name, **options)
-    return QueueClient(storage.queue_url, name, credential=_credential(storage), **options)
+    return rt.raw_queue(name)
 
 
 def _text(content: Any) -> str:
@@ -137,19 +130,7 @@ class PoisonEntry:
     failure_class: str | None = None  # pipeline: permanent, retries-exhausted, confirmation-refused, unreadable
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "messageId": self.message_id,
-            "insertedOn": self.inserted_on,
-            "instance": self.instance,
-            "eventId": self.event_id,
-            "via": self.via,
-            "parkedBy": self.parked_by,
-            "failureClass": self.failure_class,
-            "reason": self.reason,
-            "status": self.status,
-            "failedAt": self.failed_at,
-            "attempts": self.attempts,
-        }
+        return to_json_dict(self)
 
 
 def _iso(value: Any) -> str | None:
@@ -168,7 +149,7 @@ def describe(message_id: str, content: Any, inserted_on: Any = None) -> PoisonEn
         if failure is not None and isinstance(failure.get("reason"), str):
             reason = failure["reason"] if failure["reason"].startswith("unreadable") else f"unreadable message: {failure['reason']}"
         return PoisonEntry(message_id, _iso(inserted_on), None, None, None, "unreadable", reason[:500], failure_class="unreadable")
-    event = doc.get("event") if isinstance(doc.get("event"), dict) else {}
+    event: dict[str, Any] = doc["event"] if isinstance(doc.get("event"), dict) else {}
     entry = PoisonEntry(
         message_id,
         _iso(inserted_on),
@@ -231,18 +212,14 @@ class ReplayReport:
         return self.delete_failed == 0 and not self.skipped
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "dryRun": self.dry_run,
-            "replayed": len(self.replayed),
-            "left": self.left,
-            "unreadable": self.unreadable,
-            "repeated": self.repeated,
-            "deleteFailed": self.delete_failed,
-            "skipped": list(self.skipped),
-            "durationSeconds": round(self.duration, 3),
-            "messages": [e.to_dict() for e in self.replayed],
-        }
+        return to_json_dict(
+            self,
+            exclude=("replayed", "duration"),
+            ok=self.ok,
+            replayed=len(self.replayed),
+            duration_seconds=round(self.duration, 3),
+            messages=[e.to_dict() for e in self.replayed],
+        )
 
 
 MAX_MESSAGE = 64 * 1024  # Azure Storage's limit for a message's text
@@ -256,6 +233,7 @@ def replay_body(content: Any, doc: dict[str, Any]) -> str:
     if "failure" not in doc and "retry" not in doc and _base64_json(text) is not None:
         return text
     clean = {k: v for k, v in doc.items() if k not in ("failure", "retry")}
+    clean["replayed"] = True  # the hand-off message says so (shared/closing.py)
     return base64.b64encode(json.dumps(clean).encode("utf-8")).decode("ascii")
 
 
@@ -275,98 +253,128 @@ def replay(
 ) -> ReplayReport:
     """Move poison messages back to the main queue: those of ``instances`` (selectors from
     :func:`parse_selector`), or all readable ones when ``instances`` is None."""
-    from azure.core.exceptions import AzureError, HttpResponseError, ResourceExistsError, ResourceNotFoundError
+    from azure.core.exceptions import AzureError, ResourceNotFoundError
 
-    selectors = {parse_selector(s) for s in instances} if instances is not None else None
-    started = time.monotonic()
-    replayed_docs: set[str] = set()  # what we put back in this run, to recognise it if it fails again
-    report = ReplayReport(dry_run=dry_run)
-    poison = _raw_queue(rt, POISON_QUEUE)
-    target = _raw_queue(rt, EVENTS_QUEUE)
-    held: dict[str, str] = {}  # message id -> pop receipt, of messages we keep invisible until the end
+    run = _Replay(rt, {parse_selector(s) for s in instances} if instances is not None else None, dry_run, limit, lease)
     try:
         try:
-            budget = int(poison.get_queue_properties().approximate_message_count or 0) + PEEK_MAX
+            budget = int(run.poison.get_queue_properties().approximate_message_count or 0) + PEEK_MAX
         except ResourceNotFoundError:
-            report.duration = time.monotonic() - started
-            return report
-        while budget > 0 and (limit is None or len(report.replayed) < limit):
-            batch = list(poison.receive_messages(messages_per_page=PEEK_MAX, max_messages=PEEK_MAX, visibility_timeout=lease))
-            fresh = [m for m in batch if m.id not in held]
-            for m in batch:
-                if m.id in held:
-                    held[m.id] = m.pop_receipt  # it came round again (the lease ran out): keep holding it
+            return run.report
+        while budget > 0 and not run.full():
+            fresh = run.receive()
             if not fresh:
                 break
-            for m in fresh:
+            for message in fresh:
                 budget -= 1
-                doc = decode(m.content)
-                key = instance_key(doc)
-                entry = describe(m.id, m.content, m.inserted_on)
-                if doc is None or key is None:
-                    report.unreadable += 1
-                    held[m.id] = m.pop_receipt
-                    continue
-                identity = json.dumps({k: v for k, v in doc.items() if k != "failure"}, sort_keys=True)
-                if identity in replayed_docs:
-                    report.repeated += 1
-                    held[m.id] = m.pop_receipt
-                    continue
-                selected = (selectors is None or _matches(key, selectors)) and (limit is None or len(report.replayed) < limit)
-                if not selected:
-                    report.left += 1
-                    held[m.id] = m.pop_receipt
-                    continue
-                if dry_run:
-                    replayed_docs.add(identity)
-                    report.replayed.append(entry)
-                    held[m.id] = m.pop_receipt
-                    continue
-                body = replay_body(m.content, doc)
-                held[m.id] = m.pop_receipt  # released at the end if anything below fails
-                if len(body) > MAX_MESSAGE:
-                    _skip(report, m.id, f"too large to send back ({len(body)} characters once encoded; the limit is {MAX_MESSAGE})")
-                    continue
-                try:
-                    try:
-                        target.send_message(body)  # first the main queue ...
-                    except ResourceNotFoundError:  # (infra creates it; an operator's role may not allow creating it)
-                        with contextlib.suppress(ResourceExistsError):
-                            target.create_queue()
-                        target.send_message(body)
-                except HttpResponseError as exc:
-                    if exc.status_code not in (400, 413):  # the service refused this message, not the queue
-                        raise
-                    _skip(report, m.id, f"refused by the queue (HTTP {exc.status_code}, {safe_text(getattr(exc, 'error_code', None) or 'no code', 60)})")
-                    continue
-                replayed_docs.add(identity)
-                report.replayed.append(entry)
-                org, app, instance = key.split("/", 2)
-                fields = {"instance": instance, "org": org, "app": app, "event_id": entry.event_id}
-                log.info("replayed from the poison queue", extra=fields | {"outcome": "replayed", "reason": entry.reason})
-                try:
-                    poison.delete_message(m.id, m.pop_receipt)  # ... then off the poison queue
-                    del held[m.id]
-                except AzureError as exc:
-                    report.delete_failed += 1
-                    log.warning("replayed, but could not delete it from the poison queue (%s): it stays there too", type(exc).__name__, extra=fields)
+                run.one(message)
             if progress is not None:
-                progress(report)
+                progress(run.report)
     except AzureError as exc:
-        raise TransientError(f"replay stopped: storage failed ({type(exc).__name__}) after {len(report.replayed)} message(s)") from None
+        raise TransientError(f"replay stopped: storage failed ({type(exc).__name__}) after {len(run.report.replayed)} message(s)") from None
     finally:
-        for message_id, receipt in held.items():  # visible again for everyone
-            try:
-                poison.update_message(message_id, receipt, visibility_timeout=0)
-            except AzureError:
-                pass  # it becomes visible when its lease ends anyway
-        report.duration = time.monotonic() - started
+        run.release()
+    report = run.report
     log.info(
-        "poison replay %s: %d replayed, %d left, %d unreadable, %d parked again during the replay",
+        "poison replay %s: %d replayed, %d left, %d unreadable, %d parked again during the replay, %d skipped",
         "(dry run)" if dry_run else "done",
         len(report.replayed),
         report.left,
         report.unreadable,
         report.repeated,
+        len(report.skipped),
     )
     return report
+
+
+class _Replay:
+    """One replay's steps. Messages it does not move stay invisible (``held``) until the end, so a
+    scan sees each once; a replayed message that fails again and comes back is recognised."""
+
+    def __init__(self, rt: Runtime, selectors: set[str] | None, dry_run: bool, limit: int | None, lease: int) -> None:
+        self.selectors = selectors
+        self.limit = limit
+        self.lease = lease
+        self.started = time.monotonic()
+        self.report = ReplayReport(dry_run=dry_run)
+        self.poison = _raw_queue(rt, POISON_QUEUE)
+        self.target = _raw_queue(rt, EVENTS_QUEUE)
+        self.held: dict[str, str] = {}  # message id -> pop receipt
+        self.replayed_docs: set[str] = set()  # what this run put back, to recognise it if it fails again
+
+    def full(self) -> bool:
+        return self.limit is not None and len(self.report.replayed) >= self.limit
+
+    def receive(self) -> list[Any]:
+        batch = list(self.poison.receive_messages(messages_per_page=PEEK_MAX, max_messages=PEEK_MAX, visibility_timeout=self.lease))
+        for m in batch:
+            if m.id in self.held:
+                self.held[m.id] = m.pop_receipt  # it came round again (the lease ran out): keep holding it
+        return [m for m in batch if m.id not in self.held]
+
+    def one(self, m: Any) -> None:
+        report = self.report
+        self.held[m.id] = m.pop_receipt  # released at the end unless it is moved
+        doc = decode(m.content)
+        key = instance_key(doc)
+        if doc is None or key is None:
+            report.unreadable += 1
+            return
+        identity = json.dumps({k: v for k, v in doc.items() if k not in ("failure", "retry", "replayed")}, sort_keys=True)
+        if identity in self.replayed_docs:
+            report.repeated += 1
+        elif not ((self.selectors is None or _matches(key, self.selectors)) and not self.full()):
+            report.left += 1
+        elif report.dry_run:
+            self.replayed_docs.add(identity)
+            report.replayed.append(describe(m.id, m.content, m.inserted_on))
+        elif self._send(m, replay_body(m.content, doc)):
+            self.replayed_docs.add(identity)
+            self._moved(m, key, describe(m.id, m.content, m.inserted_on))
+
+    def _send(self, m: Any, body: str) -> bool:
+        """Write to the main queue first; False (skipped, reported) when the message cannot go."""
+        from azure.core.exceptions import HttpResponseError, ResourceExistsError, ResourceNotFoundError
+
+        if len(body) > MAX_MESSAGE:
+            _skip(self.report, m.id, f"too large to send back ({len(body)} characters once encoded; the limit is {MAX_MESSAGE})")
+            return False
+        try:
+            try:
+                self.target.send_message(body)
+            except ResourceNotFoundError:  # (infra creates it; an operator's role may not allow creating it)
+                with contextlib.suppress(ResourceExistsError):
+                    self.target.create_queue()
+                self.target.send_message(body)
+        except HttpResponseError as exc:
+            if exc.status_code not in (400, 413):  # the service refused this message, not the queue
+                raise
+            _skip(self.report, m.id, f"refused by the queue (HTTP {exc.status_code}, {safe_text(getattr(exc, 'error_code', None) or 'no code', 60)})")
+            return False
+        return True
+
+    def _moved(self, m: Any, key: str, entry: PoisonEntry) -> None:
+        """... then delete it from the poison queue (a failure there leaves a harmless duplicate)."""
+        from azure.core.exceptions import AzureError
+
+        self.report.replayed.append(entry)
+        org, app, instance = key.split("/", 2)
+        fields = {"instance": instance, "org": org, "app": app, "event_id": entry.event_id}
+        log.info("replayed from the poison queue", extra=fields | {"outcome": "replayed", "reason": entry.reason})
+        try:
+            self.poison.delete_message(m.id, m.pop_receipt)
+            del self.held[m.id]
+        except AzureError as exc:
+            self.report.delete_failed += 1
+            log.warning("replayed, but could not delete it from the poison queue (%s): it stays there too", type(exc).__name__, extra=fields)
+
+    def release(self) -> None:
+        """Everything held becomes visible again for everyone."""
+        from azure.core.exceptions import AzureError
+
+        for message_id, receipt in self.held.items():
+            try:
+                self.poison.update_message(message_id, receipt, visibility_timeout=0)
+            except AzureError:
+                pass  # it becomes visible when its lease ends anyway
+        self.report.duration = time.monotonic() - self.started

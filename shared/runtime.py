@@ -7,6 +7,7 @@ are imported here on first use, never when ``function_app`` is imported.
 
 from __future__ import annotations
 
+import json
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -106,6 +107,7 @@ class Runtime:
         options = {"transport": _transport(pool), "retry_policy": _retry(3, ExponentialRetry)}
         if storage.connection_string:
             return BlobServiceClient.from_connection_string(storage.connection_string, **options)
+        assert storage.blob_url is not None  # StorageConfig: a connection string or both service URLs
         return BlobServiceClient(storage.blob_url, credential=_credential(storage), **options)
 
     @cached_property
@@ -139,7 +141,20 @@ class Runtime:
         }
         if storage.connection_string:
             return QueueClient.from_connection_string(storage.connection_string, name, **policies)
+        assert storage.queue_url is not None
         return QueueClient(storage.queue_url, name, credential=_credential(storage), **policies)
+
+    def raw_queue(self, name: str) -> QueueClient:
+        """A queue client without message encoding: the text exactly as stored (poison listing and
+        replay see and write messages as they are, so that an odd one cannot stop them)."""
+        from azure.storage.queue import ExponentialRetry, QueueClient
+
+        storage = self.settings.storage
+        options = {"retry_policy": _retry(3, ExponentialRetry), "connection_timeout": 10, "read_timeout": 30}
+        if storage.connection_string:
+            return QueueClient.from_connection_string(storage.connection_string, name, **options)
+        assert storage.queue_url is not None  # StorageConfig: a connection string or both service URLs
+        return QueueClient(storage.queue_url, name, credential=_credential(storage), **options)
 
     @cached_property
     def events_queue(self) -> QueueClient:
@@ -150,10 +165,40 @@ class Runtime:
         return self.queue(POISON_QUEUE)
 
     @cached_property
+    def handoff_queue(self) -> QueueClient | None:
+        """The queue case systems read (``ARCHIVE_HANDOFF_QUEUE``), None when the hand-off is off."""
+        name = self.settings.handoff_queue
+        return self.queue(name) if name else None
+
+    @cached_property
     def archive(self) -> Archive:
         from shared.archive import Archive
 
         return Archive(self.container, block_size=self.settings.block_size)
+
+
+def enqueue(queue: Any, message: dict[str, Any], *, visibility_timeout: int | None = None, time_to_live: int | None = None) -> None:
+    """Put one message (JSON) on a queue, creating the queue if it does not exist yet.
+
+    Raises azure.core.exceptions.AzureError when the write failed: the caller must not
+    acknowledge anything then.
+    """
+    from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError
+
+    text = json.dumps(message, ensure_ascii=False)
+    options: dict[str, int] = {}
+    if visibility_timeout:
+        options["visibility_timeout"] = visibility_timeout
+    if time_to_live is not None:
+        options["time_to_live"] = time_to_live
+    try:
+        queue.send_message(text, **options)
+    except ResourceNotFoundError:
+        try:
+            queue.create_queue()
+        except ResourceExistsError:
+            pass
+        queue.send_message(text, **options)
 
 
 _lock = threading.Lock()

@@ -196,49 +196,51 @@ def subscribe(
         if (org, app) not in settings.apps:
             raise ValueError(f"{org}/{app} is not in ALTINN_APPS")
     existing = {s.identity(): s for s in list_subscriptions(rt)}
-    results: list[SubscribeResult] = []
-    for org, app, event_type in pairs:
-        source = source_filter(settings, org, app)
-        found = existing.get((endpoint, source, event_type, None, None, False))
-        fields = {"org": org, "app": app, "event_type": event_type}
-        if found is not None and found.validated:
-            results.append(SubscribeResult(found, f"{org}/{app}", event_type, existed=True))
-            log.info("subscription exists already", extra=fields | {"subscription_id": found.id})
-            continue
-        body = {"endPoint": endpoint, "sourceFilter": source, "typeFilter": event_type}
-        created = Subscription.from_altinn(settings, rt.altinn.create_subscription(body))
-        if found is not None:
-            log.info("subscription exists but is not validated: posted again for a new validation event", extra=fields | {"subscription_id": created.id})
-            results.append(SubscribeResult(created, f"{org}/{app}", event_type, existed=True, reposted=True))
-            continue
-        log.info(
-            "subscription created (endpoint %s)",
-            created.endpoint_redacted,
-            extra={"org": org, "app": app, "subscription_id": created.id, "event_type": event_type},
-        )
-        results.append(SubscribeResult(created, f"{org}/{app}", event_type, existed=False))
+    results = [_ensure(rt, existing, endpoint, org, app, event_type) for org, app, event_type in pairs]
+    _wait_validated(rt, results, wait, poll_interval, progress)
+    for r in results:
+        if not r.validated:
+            log.warning(
+                "subscription %d is not validated by Altinn yet: no events are delivered until the endpoint answers Altinn's validation event with 2xx",
+                r.subscription.id,
+                extra={"app": r.app, "subscription_id": r.subscription.id},
+            )
+    return results
 
+
+def _ensure(rt: Runtime, existing: dict[tuple[Any, ...], Subscription], endpoint: str, org: str, app: str, event_type: str) -> SubscribeResult:
+    """Reuse an identical validated subscription; post an identical unvalidated one again (a new
+    validation event); otherwise create one."""
+    settings = rt.settings
+    source = source_filter(settings, org, app)
+    found = existing.get((endpoint, source, event_type, None, None, False))
+    fields = {"org": org, "app": app, "event_type": event_type}
+    if found is not None and found.validated:
+        log.info("subscription exists already", extra=fields | {"subscription_id": found.id})
+        return SubscribeResult(found, f"{org}/{app}", event_type, existed=True)
+    body = {"endPoint": endpoint, "sourceFilter": source, "typeFilter": event_type}
+    created = Subscription.from_altinn(settings, rt.altinn.create_subscription(body))
+    if found is not None:
+        log.info("subscription exists but is not validated: posted again for a new validation event", extra=fields | {"subscription_id": created.id})
+        return SubscribeResult(created, f"{org}/{app}", event_type, existed=True, reposted=True)
+    log.info("subscription created (endpoint %s)", created.endpoint_redacted, extra=fields | {"subscription_id": created.id})
+    return SubscribeResult(created, f"{org}/{app}", event_type, existed=False)
+
+
+def _wait_validated(rt: Runtime, results: list[SubscribeResult], wait: float, poll_interval: float, progress: Callable[[str], None] | None) -> None:
+    """Ask after 0.1 s, then twice as long each time up to ``poll_interval``, until ``wait`` is spent."""
     deadline = time.monotonic() + max(0.0, wait)
     pause = min(0.1, poll_interval)
     while True:
         pending = [r for r in results if not r.validated]
         if not pending or time.monotonic() >= deadline:
-            break
+            return
         if progress is not None:
             progress(f"waiting for Altinn to validate {len(pending)} subscription(s)")
         time.sleep(min(pause, max(0.0, deadline - time.monotonic())))
         pause = min(pause * 2, poll_interval)
         for r in pending:
-            r.subscription = Subscription.from_altinn(settings, rt.altinn.get_subscription(r.subscription.id))
-    for r in results:
-        if not r.validated:
-            log.warning(
-                "subscription %d is not validated by Altinn yet: no events are delivered until the endpoint answers "
-                "Altinn's validation event with 2xx",
-                r.subscription.id,
-                extra={"app": r.app, "subscription_id": r.subscription.id},
-            )
-    return results
+            r.subscription = Subscription.from_altinn(rt.settings, rt.altinn.get_subscription(r.subscription.id))
 
 
 def unsubscribe(rt: Runtime, subscription_id: int) -> None:

@@ -236,6 +236,10 @@ class _Instruments:
         self.catchup = meter.create_counter("altinn_mottak.catchup.enqueued", unit="{instance}", description="Instances enqueued by catch-up")
         self.parked = meter.create_counter("altinn_mottak.parked", unit="{message}", description="Messages the app parked in the poison queue, by class")
         self.deferred = meter.create_counter("altinn_mottak.deferred", unit="{attempt}", description="Attempts deferred to the retry schedule")
+        self.handoffs = meter.create_counter("altinn_mottak.handoffs", unit="{message}", description="Hand-off messages sent to case systems")
+        self.substatus = meter.create_counter(
+            "altinn_mottak.substatus", unit="{instance}", description="Substatus updates to submitters, by result (set, unchanged, failed)"
+        )
 
 
 _lock = threading.Lock()
@@ -366,6 +370,26 @@ def record_deferred(*, org: str | None = None, app: str | None = None) -> None:
         return
     try:
         instruments.deferred.add(1, {"org": org or "", "app": app or ""})
+    except Exception:
+        pass
+
+
+def record_handoff(*, org: str, app: str, via: str | None) -> None:
+    """A hand-off message sent for an archived and confirmed instance."""
+    _add("handoffs", 1, {"org": org, "app": app, "via": via or ""})
+
+
+def record_substatus(result: str, *, org: str, app: str) -> None:
+    """The submitter's substatus after a confirmation: ``set``, ``unchanged`` or ``failed``."""
+    _add("substatus", 1, {"org": org, "app": app, "result": result})
+
+
+def _add(name: str, value: int, attrs: dict[str, str]) -> None:
+    instruments = _instruments
+    if instruments is None:
+        return
+    try:
+        getattr(instruments, name).add(value, attrs)
     except Exception:
         pass
 

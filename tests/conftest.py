@@ -56,6 +56,22 @@ def azurite() -> Iterator[Any]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def write_once(azurite: Any) -> Iterator[Any]:
+    """The write-once guard (tests/support/write_once.py) in front of Azurite's blob endpoint.
+
+    The app's storage setting (``env``: AzureWebJobsStorage) goes through it, so every blob request
+    the product makes, in this process or in the workers and CLI runs started with that setting,
+    is checked: one that could overwrite, change or delete an existing blob in an archive container
+    is refused (409 WriteOnceViolation) and fails the test. Tests inspect and tamper with
+    ``azurite.connection_string``, which bypasses it. Queues are not proxied.
+    """
+    from tests.support.write_once import WriteOnceGuard
+
+    with WriteOnceGuard(azurite.blob_port, azurite.host) as guard:
+        yield guard
+
+
 @pytest.fixture
 def sim(rsa_key: dict[str, Any]) -> Iterator[Any]:
     from devtools.simulator import Simulator
@@ -96,8 +112,12 @@ def _clear_queues(connection_string: str) -> None:
 
 
 @pytest.fixture
-def env(monkeypatch: pytest.MonkeyPatch, azurite: Any, sim: Any, rsa_key: dict[str, Any]) -> dict[str, str]:
-    """Settings pointing the app at the simulator and Azurite; a fresh archive container per test."""
+def env(monkeypatch: pytest.MonkeyPatch, azurite: Any, write_once: Any, sim: Any, rsa_key: dict[str, Any]) -> Iterator[dict[str, str]]:
+    """Settings pointing the app at the simulator and Azurite; a fresh archive container per test.
+
+    The app's blob endpoint is the write-once guard (``write_once``): a request of the product that
+    could modify or delete an existing archive blob fails the test at teardown.
+    """
     values = {
         "ALTINN_ENVIRONMENT": "tt02",
         "ALTINN_APPS": "ttd/apps-test,ttd/big-app",
@@ -110,7 +130,9 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Any, sim: Any, rsa_key: dict[s
         "MASKINPORTEN_KID": KID,
         "ARCHIVE_CONTAINER": f"archive-{uuid.uuid4().hex[:12]}",
         "ARCHIVE_STATE_CONTAINER": f"state-{uuid.uuid4().hex[:12]}",
-        "AzureWebJobsStorage": azurite.connection_string,
+        # A hand-off queue per test, so that counting its messages counts this test's only.
+        "ARCHIVE_HANDOFF_QUEUE": f"handoff-{uuid.uuid4().hex[:12]}",
+        "AzureWebJobsStorage": write_once.connection_string(azurite.connection_string),
         # The app's own retry schedule, shortened: two immediate retries, then one a second, and a
         # transient failure is parked after 3.6 s (in Azure: 60 s growing to an hour, for 24 hours).
         "ARCHIVE_RETRY_SCHEDULE": "0,0,1",
@@ -120,7 +142,17 @@ def env(monkeypatch: pytest.MonkeyPatch, azurite: Any, sim: Any, rsa_key: dict[s
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     _clear_queues(azurite.connection_string)
-    return values
+    write_once.reset()
+    yield values
+    violations = write_once.take()
+    if violations:
+        listed = "\n".join(f"  {v}" for v in violations[:50])
+        more = f"\n  ... and {len(violations) - 50} more" if len(violations) > 50 else ""
+        pytest.fail(
+            f"write-once guard: {len(violations)} request(s) of the product to an archive container would have "
+            f"modified or deleted an existing blob (refused with 409 WriteOnceViolation):\n{listed}{more}",
+            pytrace=False,
+        )
 
 
 @pytest.fixture

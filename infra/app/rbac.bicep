@@ -35,6 +35,9 @@ param handoffConsumerPrincipalType string = 'ServicePrincipal'
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  // Read blobs and list containers; no write, no delete.
+  // https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage#storage-blob-data-reader
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   // Peek, get and delete messages; no add, no update, no queue management.
   // https://learn.microsoft.com/azure/role-based-access-control/built-in-roles/storage#storage-queue-data-message-processor
@@ -237,7 +240,7 @@ resource operatorPoisonQueueContributor 'Microsoft.Authorization/roleAssignments
 
 // Storage Queue Data Message Processor on the hand-off queue only. Purpose: the case system reads
 // the messages the app hands off and deletes each once it has taken the instance over; it cannot
-// add or change messages and sees no other queue or any blob.
+// add or change messages and sees no other queue.
 resource handoffConsumerMessageProcessor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(handoffConsumerPrincipalId)) {
   name: guid(handoffQueue.id, handoffConsumerPrincipalId, roles.storageQueueDataMessageProcessor)
   scope: handoffQueue
@@ -246,5 +249,19 @@ resource handoffConsumerMessageProcessor 'Microsoft.Authorization/roleAssignment
     principalType: handoffConsumerPrincipalType
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataMessageProcessor)
     description: 'Case system reads and deletes hand-off messages (altinn-archived)'
+  }
+}
+
+// Storage Blob Data Reader on the archive container only. Purpose: the case system verifies the
+// manifest and every element the message names (docs/handoff.md) and takes the files; it cannot
+// write or delete anything in the archive, and sees no other container.
+resource handoffConsumerArchiveReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(handoffConsumerPrincipalId)) {
+  name: guid(archiveContainer.id, handoffConsumerPrincipalId, roles.storageBlobDataReader)
+  scope: archiveContainer
+  properties: {
+    principalId: handoffConsumerPrincipalId
+    principalType: handoffConsumerPrincipalType
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    description: 'Case system reads the archived instances it is handed (altinn-data)'
   }
 }

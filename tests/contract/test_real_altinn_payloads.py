@@ -85,6 +85,7 @@ from shared.errors import PermanentError
 from shared.models import FailureClass, InstanceRef, Outcome, parse_instance
 from shared.runtime import get_runtime
 from tests.support import real_altinn
+from tests.support.flow import queued
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -131,10 +132,6 @@ def deliver(event: dict[str, Any]) -> pipeline.Reply:
 def cloud_events(name: str) -> list[dict[str, Any]]:
     """The ``cloudEvent`` objects of an Events database file (rows that wrap them)."""
     return [row["cloudEvent"] for row in real_altinn.read_json(name)]
-
-
-def queued(queue: Any) -> list[dict[str, Any]]:
-    return [json.loads(m.content) for m in queue.peek_messages(max_messages=32)]
 
 
 def assert_problem(reply: pipeline.Reply, status: int, code: str) -> None:
@@ -392,7 +389,7 @@ def blob_names(container: Any, inst: Any) -> list[str]:
     if not container.exists():
         return []
     prefix = f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/"
-    return sorted(b.name[len(prefix):] for b in container.list_blobs(name_starts_with=prefix))
+    return sorted(b.name[len(prefix) :] for b in container.list_blobs(name_starts_with=prefix))
 
 
 def read_blob(container: Any, inst: Any, name: str) -> tuple[bytes, Any]:
@@ -426,12 +423,12 @@ def test_task_action_ended_is_archived_and_confirmed(sim, doc_apps, container, q
 
     assert result.outcome is Outcome.ARCHIVED and result.elements == 1 and result.bytes == 0
     assert confirmed_ids(sim) == [doc["id"]]
-    assert blob_names(container, inst) == sorted(["instance.json", "manifest.json", f"data/{element['id']}"])
+    assert blob_names(container, inst) == sorted(["instance.json", "manifest.json", "confirmed.json", "handoff.json", f"data/{element['id']}"])
     archived_doc, _ = read_blob(container, inst, "instance.json")
     assert json.loads(archived_doc) == storage_doc
     manifest_bytes, props = read_blob(container, inst, "manifest.json")
     manifest = json.loads(manifest_bytes)
-    assert props.metadata.get("confirmed")
+    assert read_blob(container, inst, "confirmed.json")[1].metadata.get("confirmedAt")
     prefix = f"ttd/task-action/1337/{inst.instance_guid}/"
     assert inst.instance_guid == "b1135209-628e-4a6e-9efd-e4282068ef41"
     fields = ("org", "app", "partyId", "instanceGuid", "instanceId", "eventId", "processEnded", "hardDeleted", "totalBytes", "infected")

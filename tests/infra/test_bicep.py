@@ -61,6 +61,7 @@ FORBIDDEN_SETTINGS = {
 ROLES = {
     "b7e6dc6d-f1e8-4753-8033-0f276bb0955b": "Storage Blob Data Owner",
     "ba92f5b4-2d11-453d-a403-e96b0029c9fe": "Storage Blob Data Contributor",
+    "2a2b9908-6ea1-4ae2-8e65-a410df84e7d1": "Storage Blob Data Reader",
     "974c5e8b-45b9-4653-ba55-5f855dd0fb88": "Storage Queue Data Contributor",
     "8a0f0c08-91a1-4084-bc3d-661d67233fed": "Storage Queue Data Message Processor",
     "4633458b-17de-408a-b874-0445c86b69e6": "Key Vault Secrets User",
@@ -80,6 +81,7 @@ EXPECTED_ASSIGNMENTS = {
     ("Storage Queue Data Contributor", "eventsQueue", "operatorPrincipalId"),
     ("Storage Queue Data Contributor", "poisonQueue", "operatorPrincipalId"),
     ("Storage Queue Data Message Processor", "handoffQueue", "handoffConsumerPrincipalId"),
+    ("Storage Blob Data Reader", "archiveContainer", "handoffConsumerPrincipalId"),
 }
 PRIVILEGED_ROLES = {
     "8e3af657-a8ff-443c-a75c-2fe8c4bcb635",  # Owner
@@ -383,6 +385,11 @@ def test_settings_come_from_parameters() -> None:
             assert _path(value) == "storage.outputs.stateContainerName"
             assert _resolve(main, "stateContainerName") == getattr(config, "DEFAULT_STATE_CONTAINER", "altinn-mottak-state")
             continue
+        if name == config.ARCHIVE_HANDOFF_QUEUE:
+            # The hand-off queue the template creates, with the app's default name.
+            assert _path(value) == "storage.outputs.handoffQueueName"
+            assert _resolve(main, "handoffQueueName") == config.DEFAULT_HANDOFF_QUEUE
+            continue
         refs = _references(value, params)
         assert refs, f"{name} is not set from a parameter: {value!r}"
 
@@ -659,7 +666,7 @@ def test_poison_queue_alert() -> None:
     # 2. the app's counter
     assert 'customMetrics | where name == "altinn_mottak.parked" and valueSum > 0' in query
     # 3. the host's move after maxDequeueCount (a backstop for crashes and timeouts)
-    assert "message has \"MaxDequeueCount\" and message contains \"'${poisonQueueName}'\"" in query
+    assert 'message has "MaxDequeueCount" and message contains "\'${poisonQueueName}\'"' in query
     assert "failure_class" not in query, "the rule must fire for every failure class, also ones added later"
 
 
@@ -724,7 +731,7 @@ def test_deploy_workflow_uses_oidc_and_remote_build() -> None:
 
 def test_poison_alert_matches_the_app_code() -> None:
     """The alert keys on what shared/ writes when it parks a message: the log prefix and the counter."""
-    source = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "shared").glob("*.py")))
+    source = "\n".join(p.read_text(encoding="utf-8") for p in sorted((ROOT / "shared").rglob("*.py")))
     if PARKED_LOG_PREFIX not in source and PARKED_COUNTER not in source:
         pytest.skip(f"shared/ does not write {PARKED_LOG_PREFIX!r} / {PARKED_COUNTER!r} yet (the alert is set ahead of the code)")
     assert PARKED_LOG_PREFIX in source, f"shared/ must log {PARKED_LOG_PREFIX!r}: the poison alert keys on it"

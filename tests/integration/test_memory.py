@@ -19,7 +19,12 @@ def test_256_mib_attachment_with_peak_growth_under_64_mib(sim, env, container):
     big = sim.add_instance("ttd", "big-app", [ElementSpec(size=2000), ElementSpec(data_type="vedlegg", size=256 * MIB, filename="stor fil.bin")])
     out = subprocess.run(
         [sys.executable, "-m", "devtools.memprobe", "ttd/big-app", big.id, "--warmup", warm.id],
-        cwd=ROOT, env=dict(os.environ), capture_output=True, text=True, timeout=600, check=False,
+        cwd=ROOT,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])

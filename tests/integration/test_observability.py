@@ -121,7 +121,7 @@ def test_console_formatter():
         record.exc_info = sys.exc_info()
         record.exc_text = None
     first, rest = fmt.format(record).split("\n", 1)
-    assert first.endswith("[instance=5/abc org=ttd reason=\"two words\"]") and "ValueError: boom" in rest
+    assert first.endswith('[instance=5/abc org=ttd reason="two words"]') and "ValueError: boom" in rest
 
 
 def test_log_context_nests_and_resets():
@@ -189,12 +189,14 @@ def test_without_application_insights_telemetry_costs_nothing(settings):
 
 def test_an_unreachable_ingestion_endpoint_raises_nothing_and_leaves_nothing(tmp_path):
     with socket_closed_port() as port:
-        result = probe(clean_env(
-            APPLICATIONINSIGHTS_CONNECTION_STRING=f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:{port}/",
-            PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY="true",
-            APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
-            TMPDIR=str(tmp_path),
-        ))
+        result = probe(
+            clean_env(
+                APPLICATIONINSIGHTS_CONNECTION_STRING=f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:{port}/",
+                PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY="true",
+                APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL="true",
+                TMPDIR=str(tmp_path),
+            )
+        )
     assert result["enabled"] is True and "azure.monitor.opentelemetry" in result["loaded"]
     # No retry files: a CLI run must not leave telemetry behind (nor feed the exporter's own
     # failure warnings back into the exporter, which filled the temp directory before).
@@ -294,7 +296,10 @@ def test_with_application_insights_the_metrics_and_fields_reach_it(env, sim, con
         ]
         proc = subprocess.run(
             [sys.executable, "-c", FLOW, json.dumps(bodies)],
-            capture_output=True, text=True, timeout=120, cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
             env=clean_env(
                 APPLICATIONINSIGHTS_CONNECTION_STRING=f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint={ingestion.url}",
                 PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY="true",
@@ -306,20 +311,25 @@ def test_with_application_insights_the_metrics_and_fields_reach_it(env, sim, con
     finally:
         ingestion.close()
 
-    (archived, props), = ingestion.metrics("altinn_mottak.instances.archived")
+    ((archived, props),) = ingestion.metrics("altinn_mottak.instances.archived")
     assert archived["value"] == 1 and props == {"org": "ttd", "app": "apps-test", "outcome": "archived", "via": "webhook"}
-    (nbytes, _), = ingestion.metrics("altinn_mottak.archived.bytes")
+    ((nbytes, _),) = ingestion.metrics("altinn_mottak.archived.bytes")
     assert nbytes["value"] == 43_000
-    (latency, _), = ingestion.metrics("altinn_mottak.confirmation.latency")
+    ((latency, _),) = ingestion.metrics("altinn_mottak.confirmation.latency")
     assert latency["count"] == 1 and 0 <= latency["value"] < 120
-    (failure, fprops), = ingestion.metrics("altinn_mottak.failures")
+    ((failure, fprops),) = ingestion.metrics("altinn_mottak.failures")
     assert failure["value"] == 1 and fprops == {"failure_class": "permanent", "org": "ttd", "app": "big-app", "status": "403"}
-    (parked_metric, pprops), = ingestion.metrics("altinn_mottak.parked")
+    ((parked_metric, pprops),) = ingestion.metrics("altinn_mottak.parked")
     assert parked_metric["value"] == 1 and pprops == {"failure_class": "permanent", "org": "ttd", "app": "big-app"}
 
     (message,) = ingestion.messages("archived and confirmed")
     assert {k: message["properties"].get(k) for k in (*FIELDS, "outcome")} == {
-        "event_id": event["id"], "instance": inst.id, "org": "ttd", "app": "apps-test", "dequeue_count": "1", "outcome": "archived"
+        "event_id": event["id"],
+        "instance": inst.id,
+        "org": "ttd",
+        "app": "apps-test",
+        "dequeue_count": "1",
+        "outcome": "archived",
     }
     tokens = [message["properties"] for message in ingestion.messages("altinn token obtained")]
     assert tokens and tokens[0]["instance"] == inst.id  # a record of the Altinn client, correlated by the context
@@ -355,7 +365,11 @@ print(json.dumps({"names": names, "ours": telemetry._we_configured_sdk, "handler
 def test_in_the_functions_worker_its_providers_are_used():
     with socket_closed_port() as port:
         proc = subprocess.run(
-            [sys.executable, "-c", WORKER], capture_output=True, text=True, timeout=120, cwd=ROOT,
+            [sys.executable, "-c", WORKER],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
             env=clean_env(
                 APPLICATIONINSIGHTS_CONNECTION_STRING=f"InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:{port}/",
                 PYTHON_APPLICATIONINSIGHTS_ENABLE_TELEMETRY="true",

@@ -4,17 +4,16 @@ retries moved by the host, unreadable messages), listed with its reasons and rep
 from __future__ import annotations
 
 import base64
-import io
 import json
 import time
 
 import pytest
-import requests
 
 from devtools.localhost import LocalHost
 from devtools.simulator import ElementSpec
 from shared import poison
 from shared.errors import TransientError
+from tests.support.flow import cli, deliver
 
 FORM = ElementSpec(size=800)
 
@@ -36,11 +35,6 @@ def raw_queue(azurite, name):
 
 def raw_messages(azurite, name):
     return [m.content for m in raw_queue(azurite, name).peek_messages(max_messages=32)]
-
-
-def deliver(host, sim, inst):
-    resp = requests.post(host.function_url("receive"), json=sim.cloud_event(inst), timeout=30)
-    assert resp.status_code == 202, resp.text
 
 
 @pytest.fixture
@@ -102,7 +96,7 @@ def test_replay_one_instance_strips_the_failure_and_leaves_the_rest_visible(park
     assert len(main) == 1
     doc = json.loads(base64.b64decode(main[0]))
     original = poison.decode(before[f"ttd/apps-test/{denied.id}"])
-    assert "failure" not in doc and doc == {k: v for k, v in original.items() if k != "failure"}
+    assert "failure" not in doc and doc == {k: v for k, v in original.items() if k != "failure"} | {"replayed": True}  # says so (hand-off `via`)
     # The others are back on the poison queue and visible at once (not held for the lease).
     _, count = poison.peek(rt)
     assert count == 4 and len(raw_messages(azurite, "altinn-events-poison")) == 4
@@ -154,8 +148,15 @@ def test_a_failed_write_to_the_main_queue_keeps_the_message_on_the_poison_queue(
     # Plain JSON (not base64) under the 64 KiB limit, with a failure record: replaying it means
     # base64-encoding it, which makes it too large. It is skipped and reported, and nothing is lost.
     instance = {"org": "ttd", "app": "apps-test", "partyId": "50001", "instanceGuid": "428a4575-2c04-4400-89a3-1aaadd2579cd"}
-    doc = {"version": 1, "event": None, "instance": instance, "via": "webhook", "queuedAt": "2025-01-01T10:00:00Z", "pad": "x" * 55_000,
-           "failure": {"reason": "r", "status": 403}}
+    doc = {
+        "version": 1,
+        "event": None,
+        "instance": instance,
+        "via": "webhook",
+        "queuedAt": "2025-01-01T10:00:00Z",
+        "pad": "x" * 55_000,
+        "failure": {"reason": "r", "status": 403},
+    }
     q = raw_queue(azurite, "altinn-events-poison")
     q.send_message(json.dumps(doc))
     report = poison.replay(rt, instances=None)
@@ -195,14 +196,6 @@ def test_selectors():
 
 
 # -- through the CLI ------------------------------------------------------------------------
-
-
-def cli(*args):
-    from shared.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def test_cli_poison_and_replay(parked, rt, azurite):

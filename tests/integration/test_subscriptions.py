@@ -163,7 +163,8 @@ def test_an_unvalidated_identical_subscription_is_posted_again_for_a_new_validat
 def test_identity_includes_the_subject_filters_and_subunits(host, sim, rt):
     """An existing subscription with a subject filter is not ours to reuse (findsubscription.sql)."""
     endpoint = host.function_url("receive")
-    rt.altinn.create_subscription({"endPoint": endpoint, "sourceFilter": f"{sim.apps_url}/ttd/apps-test", "typeFilter": "app.instance.process.completed",
-                                   "subjectFilter": "/party/50001"})
+    rt.altinn.create_subscription(
+        {"endPoint": endpoint, "sourceFilter": f"{sim.apps_url}/ttd/apps-test", "typeFilter": "app.instance.process.completed", "subjectFilter": "/party/50001"}
+    )
     results = subscriptions.subscribe(rt, [("ttd", "apps-test")], endpoint, ["app.instance.process.completed"], wait=10, poll_interval=0.05)
     assert not results[0].existed and len(sim.subscriptions) == 2

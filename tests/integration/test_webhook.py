@@ -9,6 +9,8 @@ import uuid
 import pytest
 import requests
 
+from tests.support.flow import queued
+
 GUID = "428a4575-2c04-4400-89a3-1aaadd2579cd"
 
 
@@ -30,10 +32,6 @@ def cloud_event(sim, **overrides):
 def post(host, body, content_type="application/json; charset=utf-8", **kwargs):
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     return requests.post(host.function_url("receive"), data=data, headers={"Content-Type": content_type}, timeout=30, **kwargs)
-
-
-def queued(queue):
-    return [json.loads(m.content) for m in queue.peek_messages(max_messages=32)]
 
 
 def test_an_event_naming_the_platform_host_as_source_is_refused(host, sim, queues):

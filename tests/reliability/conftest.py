@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.reliability.support import install_complete_guard
+from tests.support.archive import install_complete_guard
 from tests.support.hostile import HostileAltinn
 
 
@@ -82,7 +82,7 @@ def webhook_env(monkeypatch: pytest.MonkeyPatch, azurite: Any, rsa_key: dict[str
 @pytest.fixture
 def socket_guard(azurite: Any) -> Iterator[Any]:
     """Outbound connections only to 127.0.0.1 on Azurite's ports (tests add their own servers)."""
-    from tests.reliability.support import SocketGuard
+    from tests.support.network import SocketGuard
 
     with SocketGuard({azurite.blob_port, azurite.queue_port}) as guard:
         yield guard
@@ -110,7 +110,7 @@ def sent_messages(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
 def webhook_host(webhook_env: dict[str, str], azurite: Any, host_json: Any, socket_guard: Any) -> Iterator[Any]:
     """The receive function alone in the local host (no queue trigger: nothing is archived)."""
     from devtools.localhost import LocalHost
-    from tests.reliability.support import webhook_only_app
+    from tests.support.workers import webhook_only_app
 
     with LocalHost(webhook_only_app(), connection_string=azurite.connection_string, host_json=host_json) as runner:
         socket_guard.allowed_ports.add(runner.port)

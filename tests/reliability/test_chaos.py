@@ -42,17 +42,18 @@ import pytest
 import requests
 
 from devtools.simulator import ElementSpec
-from tests.reliability.support import (
+from tests.support.archive import (
     MIB,
-    SocketGuard,
     archive_problems,
     blob_committed,
+    handoff_problems,
     install_complete_guard,
     manifest_name,
     peek_all,
     queue_client,
     replay_poison,
 )
+from tests.support.network import SocketGuard
 
 SEED = int(os.environ.get("CHAOS_SEED", "20261130"))
 INSTANCES = int(os.environ.get("CHAOS_INSTANCES", "220"))
@@ -121,7 +122,7 @@ def element_specs(rng: random.Random) -> list[ElementSpec]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
-def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
+def test_chaos(rel_env, sim, container, azurite, write_once, host_json, monkeypatch):
     import function_app
     import shared.altinn
     import shared.maskinporten
@@ -197,7 +198,7 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
     answers: collections.Counter[int] = collections.Counter()
     replays = []
     sim_port = int(sim.url.rsplit(":", 1)[1])
-    guard = SocketGuard({azurite.blob_port, azurite.queue_port, sim_port})
+    guard = SocketGuard({azurite.blob_port, azurite.queue_port, sim_port, write_once.port})  # the app's blobs go through the write-once guard
     with guard, LocalHost(function_app.app, connection_string=azurite.connection_string, host_json=host_json, concurrency=8) as host:
         guard.allowed_ports.add(host.port)
         url = host.function_url("receive")
@@ -243,8 +244,9 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
     # -- verification ---------------------------------------------------------------------------
     confirmed = collections.Counter(c[0] for c in sim.confirmations)
     problems = {inst.id: archive_problems(container, sim, inst, download=True) for inst in good}
-    lost = [i for i, p in problems.items() if any("no manifest" in x or "not marked confirmed" in x for x in p) or confirmed[i] == 0]
+    lost = [i for i, p in problems.items() if any("no manifest" in x or "no confirmed.json marker" in x for x in p) or confirmed[i] == 0]
     corrupt = [i for i, p in problems.items() if p and i not in lost]
+    handoff = handoff_problems(azurite.connection_string, sim, good)
     parked = peek_all(queue_client(azurite.connection_string, "altinn-events-poison"))
     parked_ids = collections.Counter(f"{p['instance']['partyId']}/{p['instance']['instanceGuid']}" for p in parked)
     faulted = [r for r in sim.requests if r["fault"]]
@@ -276,6 +278,7 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
         "lost": len(lost),
         "early confirmations": len(sim.complete_violations),
         "corrupt": len(corrupt),
+        "hand-off problems (not exactly one message per archive, or before its confirmation)": len(handoff),
         "left in poison": len(parked),
         "outbound connections outside 127.0.0.1 (simulator, Azurite, host)": len(guard.violations),
         "seconds (delivery, total)": (round(delivered_at - started, 1), round(run_seconds, 1)),
@@ -287,6 +290,7 @@ def test_chaos(rel_env, sim, container, azurite, host_json, monkeypatch):
     assert lost == [], {i: problems[i] for i in lost[:5]}
     assert sim.complete_violations == [], sim.complete_violations[:3]
     assert corrupt == [], {i: problems[i] for i in corrupt[:5]}
+    assert handoff == [], handoff[:5]
     assert figures["fault rate"] >= 0.20, figures["fault rate"]
     # The poison queue holds exactly the permanent failures, once each, with their reasons.
     assert set(parked_ids) == set(permanent), set(parked_ids) ^ set(permanent)

@@ -27,9 +27,8 @@ from typing import Any
 import pytest
 
 from devtools.simulator import ElementSpec
-from tests.reliability.support import (
+from tests.support.archive import (
     MIB,
-    Worker,
     archive_problems,
     blob_committed,
     committed_blocks,
@@ -41,6 +40,7 @@ from tests.reliability.support import (
     queue_length,
     wait_for,
 )
+from tests.support.workers import Worker
 
 BIG = 160 * MIB + 7
 KILL_AFTER_BLOCKS = 12  # staged 1 MiB blocks before the kill: well inside the element

@@ -14,10 +14,9 @@ import time
 from typing import Any
 
 import pytest
-import requests
 
 from devtools.simulator import ElementSpec
-from tests.reliability.support import (
+from tests.support.archive import (
     MIB,
     archive_problems,
     blob_committed,
@@ -29,17 +28,11 @@ from tests.reliability.support import (
     replay_poison,
     wait_for,
 )
+from tests.support.flow import deliver
 
 FORM = ElementSpec(data_type="model", content_type="application/xml", size=3000)
 # Big enough to be streamed as blocks (1 MiB in this suite), not sent in one Put Blob.
 ATTACHMENT = ElementSpec(data_type="vedlegg", content_type="application/pdf", size=6 * MIB + 12345, filename="vedlegg æøå.pdf")
-
-
-def deliver(host: Any, sim: Any, inst: Any, *, wait: bool = True) -> None:
-    resp = requests.post(host.function_url("receive"), json=sim.cloud_event(inst), timeout=30)
-    assert resp.status_code == 202, resp.text
-    if wait:
-        assert host.wait_idle(timeout=120), "the host did not become idle"
 
 
 def faulted(sim: Any, endpoint: str) -> list[dict[str, Any]]:

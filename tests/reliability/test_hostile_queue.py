@@ -8,11 +8,12 @@ Points 9, 10 and 11 of the issue "Treat every answer from upstream as untrusted 
 from __future__ import annotations
 
 import base64
-import io
 import json
 import logging
 import uuid
 from typing import Any
+
+from tests.support.flow import cli as _cli
 
 GUID = "0fc98a23-fe31-4ef5-8fb9-dd3f479354ce"
 
@@ -21,14 +22,6 @@ def _raw(azurite: Any, name: str) -> Any:
     from azure.storage.queue import QueueClient
 
     return QueueClient.from_connection_string(azurite.connection_string, name)
-
-
-def _cli(*args: str) -> tuple[int, str, str]:
-    from shared.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def _message(guid: str, *, pad: int = 0, reason: str = "access denied by Altinn (HTTP 403)") -> dict[str, Any]:
@@ -125,4 +118,4 @@ def test_console_logs_escape_upstream_text():
     record.reason = "a\x1b[2Jb"
     text = ConsoleFormatter("%(message)s").format(record)
     assert "\x1b" not in text and "\r" not in text and "\n" not in text
-    assert text == 'failed: \\x1b[31mred\\r\\nforged line [reason=a\\x1b[2Jb]'
+    assert text == "failed: \\x1b[31mred\\r\\nforged line [reason=a\\x1b[2Jb]"

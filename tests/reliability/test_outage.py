@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from devtools.simulator import ElementSpec
-from tests.reliability.support import archive_problems, peek_all, queue_client
+from tests.support.archive import archive_problems, peek_all, queue_client
 
 HOURS = 6
 
@@ -41,8 +41,9 @@ def test_six_hours_of_altinn_outage_on_the_default_schedule_with_a_simulated_clo
         return 0
 
     monkeypatch.setattr(shared.retries, "visibility_seconds", record)
-    instances = [sim.add_instance("ttd", "apps-test", [ElementSpec(size=2000), ElementSpec(data_type="vedlegg", size=30_000, filename="a.pdf")])
-                 for _ in range(3)]
+    instances = [
+        sim.add_instance("ttd", "apps-test", [ElementSpec(size=2000), ElementSpec(data_type="vedlegg", size=30_000, filename="a.pdf")]) for _ in range(3)
+    ]
     sim.add_fault("instance", status=503, probability=1.0, seed=1)  # storage is down
     queue = queue_client(azurite.connection_string, EVENTS_QUEUE)
     from shared.events import InstanceRef, queue_message
@@ -78,8 +79,10 @@ def test_six_hours_of_altinn_outage_on_the_default_schedule_with_a_simulated_clo
             assert want * 0.9 <= value <= want * 1.1 + 1, (guid, got)
         assert 9 <= len(got) <= 11, got  # 60+120+300+900+1800 s, then hourly (+-10 %), to 6 h
     assert now[0] - start >= timedelta(hours=HOURS)
-    print(f"\noutage: {HOURS} h simulated, {outcomes.count('deferred')} deferred attempts, {len(instances)} archived, 0 parked; "
-          f"delays of one instance: {next(iter(delays.values()))}")
+    print(
+        f"\noutage: {HOURS} h simulated, {outcomes.count('deferred')} deferred attempts, {len(instances)} archived, 0 parked; "
+        f"delays of one instance: {next(iter(delays.values()))}"
+    )
 
 
 @pytest.mark.timeout(180)

@@ -26,7 +26,7 @@ from typing import Any
 import requests
 
 from devtools.simulator import ElementSpec
-from tests.reliability.support import MIB, archive_problems, peek_all, queue_client
+from tests.support.archive import MIB, archive_problems, peek_all, queue_client
 
 FORM = ElementSpec(data_type="model", size=3000)
 ATTACHMENT = ElementSpec(data_type="vedlegg", content_type="application/pdf", size=5 * MIB + 1, filename="a.pdf")  # streamed as blocks

@@ -24,17 +24,8 @@ import pytest
 import requests
 
 from devtools.simulator import ElementSpec
-from tests.reliability.support import (
-    MIB,
-    TcpProxy,
-    archive_problems,
-    peek_all,
-    proxied_connection_string,
-    queue_client,
-    queue_length,
-    replay_poison,
-    wait_for,
-)
+from tests.support.archive import MIB, archive_problems, peek_all, queue_client, queue_length, replay_poison, wait_for
+from tests.support.network import TcpProxy, proxied_connection_string
 
 FORM = ElementSpec(data_type="model", content_type="application/xml", size=3000)
 ATTACHMENT = ElementSpec(data_type="vedlegg", content_type="application/pdf", size=5 * MIB + 999, filename="a.pdf")  # streamed as blocks

@@ -97,8 +97,17 @@ class HostileAltinn:
         return jwt.encode({"org": "ttd", "iat": now, "exp": now + int(lifetime), "scope": "altinn:serviceowner"}, self._key, algorithm="HS256")
 
     @staticmethod
-    def answer(status: int, body: bytes = b"", *, content_type: str | None = "application/json", headers: list[tuple[str, str]] | None = None,
-               length: int | None | bool = True, version: str = "HTTP/1.1", gap: float = 0.0, chunks: Iterable[bytes] | None = None) -> Answer:
+    def answer(
+        status: int,
+        body: bytes = b"",
+        *,
+        content_type: str | None = "application/json",
+        headers: list[tuple[str, str]] | None = None,
+        length: int | None | bool = True,
+        version: str = "HTTP/1.1",
+        gap: float = 0.0,
+        chunks: Iterable[bytes] | None = None,
+    ) -> Answer:
         """``length``: True = the real length, an int = lie, None/False = no Content-Length (close-delimited)."""
         hdrs = list(headers or [])
         if content_type:
@@ -239,8 +248,14 @@ class StorageInstance:
     elements: list[dict[str, Any]] = field(default_factory=list)
 
     def element(self, element_id: str, size: int, **more: Any) -> dict[str, Any]:
-        doc = {"id": element_id, "instanceGuid": self.guid, "dataType": "model", "contentType": "application/xml", "size": size,
-               "fileScanResult": "NotApplicable"} | more
+        doc = {
+            "id": element_id,
+            "instanceGuid": self.guid,
+            "dataType": "model",
+            "contentType": "application/xml",
+            "size": size,
+            "fileScanResult": "NotApplicable",
+        } | more
         self.elements.append(doc)
         return doc
 

@@ -24,8 +24,10 @@ def path(name: str) -> Path:
     """The file, or a skip naming the folder when it is not there."""
     found = FOLDER / name
     if not found.is_file():
-        pytest.skip(f"Altinn's sample payloads are not available: {found} is missing (the folder {FOLDER}, ../shared/real-altinn "
-                    "beside the repository, or ALTINN_MOTTAK_REAL_ALTINN)")
+        pytest.skip(
+            f"Altinn's sample payloads are not available: {found} is missing (the folder {FOLDER}, ../shared/real-altinn "
+            "beside the repository, or ALTINN_MOTTAK_REAL_ALTINN)"
+        )
     return found
 
 

@@ -30,13 +30,16 @@ def test_production_preset():
 
 
 def test_overrides_and_lists():
-    s = load_settings(BASE | {
-        "ALTINN_APPS": " ttd/a , brg/b-c ",
-        "ALTINN_EVENT_TYPES": "app.instance.process.completed,app.instance.created",
-        "ALTINN_PLATFORM_URL": "http://127.0.0.1:9000/",
-        "ALTINN_APPS_URL": "http://127.0.0.1:9000",
-        "MASKINPORTEN_URL": "http://127.0.0.1:9000/maskinporten",
-    })
+    s = load_settings(
+        BASE
+        | {
+            "ALTINN_APPS": " ttd/a , brg/b-c ",
+            "ALTINN_EVENT_TYPES": "app.instance.process.completed,app.instance.created",
+            "ALTINN_PLATFORM_URL": "http://127.0.0.1:9000/",
+            "ALTINN_APPS_URL": "http://127.0.0.1:9000",
+            "MASKINPORTEN_URL": "http://127.0.0.1:9000/maskinporten",
+        }
+    )
     assert s.apps == {("ttd", "a"), ("brg", "b-c")}
     assert s.event_types == {"app.instance.process.completed", "app.instance.created"}
     assert s.platform_url == "http://127.0.0.1:9000"
@@ -56,8 +59,16 @@ def test_retry_and_download_settings():
     assert [s.retry_delay(n) for n in (1, 2, 6, 7, 50)] == [60, 120, 3600, 3600, 3600]
     assert s.min_download_rate == 1024 * 1024 and s.catchup_refused_quiet_hours == 24
     assert s.state_container == "altinn-mottak-state"
-    s = load_settings(BASE | {"ARCHIVE_RETRY_SCHEDULE": " 0.5, 2 ,10", "ARCHIVE_RETRY_MAX_HOURS": "0.01", "ARCHIVE_MIN_DOWNLOAD_RATE_KIB": "64",
-                              "CATCHUP_REFUSED_QUIET_HOURS": "0", "ARCHIVE_STATE_CONTAINER": "my-state"})
+    s = load_settings(
+        BASE
+        | {
+            "ARCHIVE_RETRY_SCHEDULE": " 0.5, 2 ,10",
+            "ARCHIVE_RETRY_MAX_HOURS": "0.01",
+            "ARCHIVE_MIN_DOWNLOAD_RATE_KIB": "64",
+            "CATCHUP_REFUSED_QUIET_HOURS": "0",
+            "ARCHIVE_STATE_CONTAINER": "my-state",
+        }
+    )
     assert s.retry_schedule == (0.5, 2, 10) and s.retry_max_hours == 0.01 and s.min_download_rate == 64 * 1024
     assert s.catchup_refused_quiet_hours == 0 and s.state_container == "my-state"
 

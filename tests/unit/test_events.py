@@ -62,8 +62,12 @@ def test_accepted_event_becomes_a_queue_message(settings):
 
 
 def test_validation_event_is_acknowledged_not_queued(settings):
-    doc = {"id": "694caa35", "source": "https://platform.tt02.altinn.no/events/api/v1/subscriptions/1234",
-           "type": "platform.events.validatesubscription", "specversion": "1.0"}
+    doc = {
+        "id": "694caa35",
+        "source": "https://platform.tt02.altinn.no/events/api/v1/subscriptions/1234",
+        "type": "platform.events.validatesubscription",
+        "specversion": "1.0",
+    }
     out = evaluate(settings, body(doc))
     assert out.status == 200 and out.message is None
 
@@ -178,8 +182,9 @@ def test_cloudevents_content_type_is_accepted(settings):
 
 
 def test_simulator_style_apps_url_without_org(settings):
-    local = load_settings({"ALTINN_APPS": "ttd/apps-test", "ALTINN_APPS_URL": "http://127.0.0.1:8070",
-                           "MASKINPORTEN_CLIENT_ID": "c", "MASKINPORTEN_PRIVATE_KEY": "k"})
+    local = load_settings(
+        {"ALTINN_APPS": "ttd/apps-test", "ALTINN_APPS_URL": "http://127.0.0.1:8070", "MASKINPORTEN_CLIENT_ID": "c", "MASKINPORTEN_PRIVATE_KEY": "k"}
+    )
     out = evaluate(local, body(event(source=f"http://127.0.0.1:8070/ttd/apps-test/instances/1/{GUID}")))
     assert out.status == 202
     with pytest.raises(InvalidEvent):

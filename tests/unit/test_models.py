@@ -22,8 +22,14 @@ DOC = {
     "completeConfirmations": [{"stakeholderId": "skd", "confirmedOn": "2025-01-01T11:00:00Z"}],
     "data": [
         {"id": "8a8a5dd2-0000-4000-8000-000000000001", "dataType": "model", "contentType": "application/xml", "size": 401, "fileScanResult": "NotApplicable"},
-        {"id": "8a8a5dd2-0000-4000-8000-000000000002", "dataType": "vedlegg", "contentType": "application/pdf; name=x", "filename": "Søknad.pdf",
-         "size": 0, "fileScanResult": "Infected"},
+        {
+            "id": "8a8a5dd2-0000-4000-8000-000000000002",
+            "dataType": "vedlegg",
+            "contentType": "application/pdf; name=x",
+            "filename": "Søknad.pdf",
+            "size": 0,
+            "fileScanResult": "Infected",
+        },
     ],
 }
 
