@@ -251,6 +251,22 @@ class Archive:
             raise _storage_error(f"write {name.rsplit('/', 1)[-1]}", exc) from None
         return True
 
+    def write_manifest(self, ref: InstanceRef, document: dict[str, Any]) -> bytes | None:
+        """Create ``manifest.json`` write-once: its bytes when this call created it, else None."""
+        from azure.core.exceptions import AzureError, ResourceExistsError
+        from azure.storage.blob import ContentSettings
+
+        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        try:
+            self.container.get_blob_client(ref.prefix + MANIFEST).upload_blob(
+                body, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
+            )
+        except ResourceExistsError:
+            return None
+        except AzureError as exc:
+            raise _storage_error("write manifest.json", exc) from None
+        return body
+
     def read_manifest(self, ref: InstanceRef) -> bytes:
         """The stored manifest's bytes (for the hand-off: its sha256 and counts)."""
         from azure.core.exceptions import AzureError

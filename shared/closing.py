@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -56,6 +56,7 @@ class Closing:
     event_id: str | None
     created_marker: bool  # this run wrote confirmed.json
     confirmed_at: str | None  # the marker's time when an earlier run wrote it
+    manifest: bytes | None = field(default=None, repr=False)  # its bytes, when this run wrote it (saves a read)
 
 
 def handoff_message(closing: Closing, container: str, manifest: bytes, confirmed_at: str | None) -> dict[str, Any]:
@@ -109,7 +110,8 @@ def hand_off(rt: Runtime, closing: Closing, state: ArchiveState, *, sleep: Calla
     if not closing.created_marker and _fresh(closing.confirmed_at, utc_now()) and _record_appears(rt, ref, sleep):
         return False
     confirmed_at = closing.confirmed_at if not closing.created_marker else iso(utc_now())
-    message = handoff_message(closing, rt.settings.archive_container, rt.archive.read_manifest(ref), confirmed_at)
+    manifest = closing.manifest if closing.manifest is not None else rt.archive.read_manifest(ref)
+    message = handoff_message(closing, rt.settings.archive_container, manifest, confirmed_at)
     try:
         enqueue(queue, message, time_to_live=-1)  # no expiry: it waits for the case system however long
     except AzureError as exc:

@@ -43,7 +43,7 @@ from typing import Any
 from shared import closing as closing_steps
 from shared import events, retries, telemetry
 from shared.altinn import NotFound
-from shared.archive import MANIFEST, ArchiveState, ElementResult, build_manifest, data_blob_name
+from shared.archive import ArchiveState, ElementResult, build_manifest, data_blob_name
 from shared.closing import Closing
 from shared.config import INVOCATION_BUDGET_SECONDS
 from shared.errors import ConfigError, ConfirmationRefused, InvalidEvent, PermanentError, TransientError
@@ -169,19 +169,20 @@ def archive_instance(
         log.info("archived earlier; confirmed now", extra=ctx | {"outcome": Outcome.CONFIRMED_ONLY.value})
         _close_loop(rt, replace(closing, created_marker=created), state, None, until)
         return Result(Outcome.CONFIRMED_ONLY, ref)
-    instance, results = _store(rt, ref, state, ctx, event_id, until)
+    instance, results, manifest = _store(rt, ref, state, ctx, event_id, until)
     created = _confirm(rt, ref, until)
     total = sum(r.size for r in results)
     extra = ctx | {"outcome": Outcome.ARCHIVED.value, "elements": len(results), "bytes": total}
     log.info("archived and confirmed%s", " (hard deleted in Altinn)" if instance.hard_deleted else "", extra=extra)
-    _close_loop(rt, replace(closing, created_marker=created), state, instance, until)
+    _close_loop(rt, replace(closing, created_marker=created, manifest=manifest), state, instance, until)
     return Result(Outcome.ARCHIVED, ref, elements=len(results), bytes=total)
 
 
 def _store(
     rt: Runtime, ref: InstanceRef, state: ArchiveState, ctx: dict[str, Any], event_id: str | None, until: float | None
-) -> tuple[Instance, list[ElementResult]]:
-    """Steps 2 to 5: the instance, every element, ``instance.json``, then the manifest."""
+) -> tuple[Instance, list[ElementResult], bytes | None]:
+    """Steps 2 to 5: the instance, every element, ``instance.json``, then the manifest (its bytes
+    when this attempt wrote it, for the hand-off)."""
     archive = rt.archive
     instance = rt.altinn.get_instance(ref, until=until)
     if instance.pending:
@@ -195,9 +196,10 @@ def _store(
     # archive with Altinn's later view (which then shows our confirmation).
     instance_blob, instance_sha = archive.write_instance(ref, instance.document, state)
     manifest = build_manifest(ref, results, event_id=event_id, instance=instance, instance_blob=instance_blob, instance_sha256=instance_sha)
-    if not archive.write_json(ref.prefix + MANIFEST, manifest):
+    written = archive.write_manifest(ref, manifest)
+    if written is None:
         log.info("another worker wrote the manifest first", extra=ctx)
-    return instance, results
+    return instance, results, written
 
 
 def _encoded_size(doc: dict[str, Any]) -> int:

@@ -67,16 +67,16 @@ class CountingWorker:
         self.outcomes: list[str] = []
         self.transient: list[str] = []
         archive = self.rt.archive
-        original = archive.write_json
+        original = archive.write_manifest
 
-        def write_json(blob_name: str, document: Any, **kwargs: Any) -> bool:
-            created = original(blob_name, document, **kwargs)
-            if blob_name.endswith("/manifest.json") and created:
+        def write_manifest(ref: Any, document: Any) -> bytes | None:
+            created = original(ref, document)
+            if created is not None:
                 with lock:
-                    wins[blob_name] += 1
+                    wins[ref.prefix + "manifest.json"] += 1
             return created
 
-        archive.write_json = write_json  # type: ignore[method-assign]
+        archive.write_manifest = write_manifest  # type: ignore[method-assign]
 
     def run(self, ref: Any, attempts: int = 5) -> None:
         """Like the queue: retry a transient failure, up to maxDequeueCount attempts."""
