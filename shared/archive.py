@@ -168,6 +168,10 @@ class ArchiveState:
         return parse_time(self.refusals[-1]) if self.refusals else None
 
 
+def _json_bytes(document: Any) -> bytes:
+    return json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+
+
 def _storage_error(what: str, exc: Exception) -> TransientError:
     return TransientError(f"{what}: blob storage failed ({type(exc).__name__})")
 
@@ -233,39 +237,28 @@ class Archive:
 
     def write_json(self, name: str, document: Any, *, metadata: dict[str, str] | None = None) -> bool:
         """Upload a JSON document write-once: False when the blob already existed (untouched)."""
+        return self._create(name, _json_bytes(document), metadata)
+
+    def write_manifest(self, ref: InstanceRef, document: dict[str, Any]) -> bytes | None:
+        """Create ``manifest.json`` write-once: its bytes when this call created it, else None."""
+        body = _json_bytes(document)
+        return body if self._create(ref.prefix + MANIFEST, body, None) else None
+
+    def _create(self, name: str, body: bytes, metadata: dict[str, str] | None) -> bool:
+        """Put Blob with ``If-None-Match: *`` (overwrite=False): of two writers exactly one creates
+        the blob; False for the other, and the blob is left as it was."""
         from azure.core.exceptions import AzureError, ResourceExistsError
         from azure.storage.blob import ContentSettings
 
-        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
         try:
-            # overwrite=False sends If-None-Match: *, so of two writers exactly one creates the blob.
             self.container.get_blob_client(name).upload_blob(
-                body,
-                overwrite=False,
-                content_settings=ContentSettings(content_type="application/json; charset=utf-8"),
-                metadata=metadata,
+                body, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8"), metadata=metadata
             )
         except ResourceExistsError:
             return False
         except AzureError as exc:
             raise _storage_error(f"write {name.rsplit('/', 1)[-1]}", exc) from None
         return True
-
-    def write_manifest(self, ref: InstanceRef, document: dict[str, Any]) -> bytes | None:
-        """Create ``manifest.json`` write-once: its bytes when this call created it, else None."""
-        from azure.core.exceptions import AzureError, ResourceExistsError
-        from azure.storage.blob import ContentSettings
-
-        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
-        try:
-            self.container.get_blob_client(ref.prefix + MANIFEST).upload_blob(
-                body, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8")
-            )
-        except ResourceExistsError:
-            return None
-        except AzureError as exc:
-            raise _storage_error("write manifest.json", exc) from None
-        return body
 
     def read_manifest(self, ref: InstanceRef) -> bytes:
         """The stored manifest's bytes (for the hand-off: its sha256 and counts)."""
@@ -283,32 +276,18 @@ class Archive:
         """Store the instance document write-once; ``(blob name, sha256)`` for the manifest. See the
         module docstring: ``instance.json``, or ``instance-{time}.json`` when an earlier attempt left
         an ``instance.json`` with another view."""
-        body = json.dumps(document, ensure_ascii=False, indent=2).encode("utf-8")
+        body = _json_bytes(document)
         sha = hashlib.sha256(body).hexdigest()
         name = ref.prefix + INSTANCE
-        if state.instance_sha256 is None and self._put_once(name, body, sha):
+        if state.instance_sha256 is None and self._create(name, body, {"sha256": sha}):
             return name, sha
         if state.instance_sha256 == sha or (state.instance_sha256 is None and self._stored_sha256(name) == sha):
             return name, sha
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         name = f"{ref.prefix}instance-{stamp}.json"
-        if not self._put_once(name, body, sha):
+        if not self._create(name, body, {"sha256": sha}):
             raise TransientError("write instance document: a blob of that name exists already")
         return name, sha
-
-    def _put_once(self, name: str, body: bytes, sha: str) -> bool:
-        from azure.core.exceptions import AzureError, ResourceExistsError
-        from azure.storage.blob import ContentSettings
-
-        try:
-            self.container.get_blob_client(name).upload_blob(
-                body, overwrite=False, content_settings=ContentSettings(content_type="application/json; charset=utf-8"), metadata={"sha256": sha}
-            )
-        except ResourceExistsError:
-            return False
-        except AzureError as exc:
-            raise _storage_error("write instance document", exc) from None
-        return True
 
     def _stored_sha256(self, name: str) -> str | None:
         from azure.core.exceptions import AzureError
